@@ -1,0 +1,307 @@
+"""Pure, differentiable, device-agnostic entropy math (DESIGN.md section 2).
+
+This module is the single implementation of the math: the analysis (``entropy.rules``) and
+the fine-tuning losses (``train.losses``) both call it. Everything is accumulated in float64
+(complex128 for the spectral method) whatever the dtype of the weights.
+
+Conventions
+-----------
+* A layer's linear part maps X to Y; ΔH = H(Y) − H(X) in nats. Bias is ignored (translation
+  invariance of differential entropy).
+* ``*_log_volume`` functions return Σ_i log σ_i for *one* application of the kernel
+  ("per position"); the caller multiplies by the number of positions.
+* A zero (or numerically zero) singular value yields ``-inf``; nothing here raises or returns
+  NaN for a singular matrix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from entropy_probe.enums import LogDetMethod
+from entropy_probe.errors import ShapeError
+
+__all__ = [
+    "batchnorm_log_volume",
+    "batchnorm_scale",
+    "conv_first_tap_matrices",
+    "conv_paper_log_volume",
+    "conv_spectral_log_volume",
+    "conv_spectral_matrices",
+    "dense_log_volume",
+    "fold_batchnorm_into_weight",
+    "paper_conv_delta_h",
+    "precise",
+    "spectral_grid",
+    "spectral_shape",
+    "sum_log_singular_values",
+]
+
+
+def precise(t: Tensor) -> Tensor:
+    """Return ``t`` as float64 (or complex128 when complex), keeping autograd and device."""
+    return t.to(torch.complex128 if t.is_complex() else torch.float64)
+
+
+def _rank_tolerance(dtype: torch.dtype, m: int, n: int) -> float:
+    """numpy.linalg.matrix_rank's relative tolerance, in the weights' own precision."""
+    real = dtype.to_real() if dtype.is_complex else dtype
+    eps = torch.finfo(real).eps if real.is_floating_point else torch.finfo(torch.float64).eps
+    return max(m, n) * eps
+
+
+def sum_log_singular_values(
+    mats: Tensor, method: LogDetMethod | str = LogDetMethod.AUTO
+) -> Tensor:
+    """Σ_i log σ_i over the last two dimensions of a batch of matrices.
+
+    ``mats`` has shape ``(..., m, n)``; the result has shape ``(...)`` in float64. The sum runs
+    over the min(m, n) singular values. ``auto`` takes ½·log det of the smaller Gram matrix via a
+    batched Cholesky (about 4× cheaper than an SVD on CPU) and falls back to an SVD for the
+    matrices whose Gram matrix is not numerically positive definite. A matrix that is
+    numerically rank deficient (σ_min ≤ σ_max·max(m, n)·eps of the input dtype, numpy's
+    ``matrix_rank`` rule) gives ``-inf``.
+    """
+    method = LogDetMethod(method)
+    if mats.dim() < 2:
+        raise ShapeError(f"expected a batch of matrices (..., m, n), got shape {tuple(mats.shape)}")
+    m, n = mats.shape[-2], mats.shape[-1]
+    if m == 0 or n == 0:
+        raise ShapeError(f"cannot take singular values of an empty {m}×{n} matrix")
+    tol = _rank_tolerance(mats.dtype, m, n)
+    A = precise(mats)
+    if method is LogDetMethod.SVD:
+        return _svd_sum_log(A, tol)
+
+    gram = A @ A.mH if m <= n else A.mH @ A
+    chol, info = torch.linalg.cholesky_ex(gram)
+    bad = info != 0
+    if not bool(bad.any()):
+        return torch.log(torch.diagonal(chol, dim1=-2, dim2=-1).real).sum(-1)
+    if method is LogDetMethod.CHOLESKY:
+        raise ShapeError(
+            f"{int(bad.sum())} matrix(es) are not numerically full rank; use method='auto' or 'svd'"
+        )
+    # Redo the Cholesky on a safe input so no NaN can leak into gradients, then overwrite the
+    # failed entries with the SVD value.
+    k = gram.shape[-1]
+    eye = torch.eye(k, dtype=gram.dtype, device=gram.device).expand_as(gram)
+    safe = torch.where(bad[..., None, None], eye, gram)
+    out = torch.log(torch.diagonal(torch.linalg.cholesky(safe), dim1=-2, dim2=-1).real).sum(-1)
+    out = out.clone()
+    out[bad] = _svd_sum_log(A[bad], tol)
+    return out
+
+
+def _svd_sum_log(A: Tensor, tol: float) -> Tensor:
+    sv = torch.linalg.svdvals(A)
+    logs = torch.log(sv).sum(-1)
+    if sv.numel() == 0:
+        return logs
+    deficient = sv[..., -1] <= sv[..., 0] * tol
+    return torch.where(deficient, torch.full_like(logs, -math.inf), logs)
+
+
+def spectral_shape(mats: Tensor) -> Tensor:
+    """Scale-free spectral shape s = mean log σ − log sqrt(mean σ²) (DESIGN.md 2.7).
+
+    The batch ``(..., m, n)`` is treated as one block-diagonal operator, so the result is a
+    scalar. s ≤ 0, with 0 exactly when all singular values are equal (an isometry up to scale).
+    Uses ‖A‖_F² = Σ σ², so it costs no more than :func:`sum_log_singular_values`.
+    """
+    m, n = mats.shape[-2], mats.shape[-1]
+    count = min(m, n) * math.prod(mats.shape[:-2])
+    A = precise(mats)
+    mean_log = sum_log_singular_values(A).sum() / count
+    mean_sq = (A.abs() ** 2).sum() / count
+    return mean_log - 0.5 * torch.log(mean_sq)
+
+
+def dense_log_volume(weight: Tensor, method: LogDetMethod | str = LogDetMethod.AUTO) -> Tensor:
+    """Σ log σ_i(W) of a dense weight W (m×n): ΔH for one position (DESIGN.md 2.1).
+
+    Exact (= log|det W|) for a square invertible W and for m ≥ n. For m < n it is the change
+    relative to the projection of X onto W's row space.
+    """
+    if weight.dim() != 2:
+        raise ShapeError(f"a dense weight must be 2-D (out, in), got shape {tuple(weight.shape)}")
+    return sum_log_singular_values(weight, method)
+
+
+def _check_conv_weight(weight: Tensor, groups: int) -> int:
+    nd = weight.dim() - 2
+    if nd < 1:
+        raise ShapeError(
+            f"a conv weight must be (C_out, C_in/groups, *kernel), got shape {tuple(weight.shape)}"
+        )
+    if groups < 1 or weight.shape[0] % groups:
+        raise ShapeError(
+            f"groups={groups} does not divide the {weight.shape[0]} leading channels of the weight"
+        )
+    return nd
+
+
+def conv_first_tap_matrices(weight: Tensor, groups: int = 1) -> Tensor:
+    """Per-group first-tap matrices K_g[:, :, 0, ..., 0], shape (groups, C_out/g, C_in/g).
+
+    ``weight`` is a conv weight ``(C_out, C_in/g, *k)``. A ConvTranspose weight
+    ``(C_in, C_out/g, *k)`` is passed as is: it *is* the weight of the adjoint conv, whose
+    singular values the transposed layer shares.
+    """
+    nd = _check_conv_weight(weight, groups)
+    tap = weight[(slice(None), slice(None), *([0] * nd))]
+    return tap.reshape(groups, weight.shape[0] // groups, weight.shape[1])
+
+
+def conv_paper_log_volume(weight: Tensor, groups: int = 1) -> Tensor:
+    """The `paper` method, per position: Σ_groups Σ_i log σ_i(K_g[:, :, 0, ..., 0]).
+
+    Times the number of output positions this is the paper's (l−p+1)(w−q+1)·log|c11| for one
+    channel, valid padding and stride 1, generalised to channels and groups (DESIGN.md 2.2).
+    """
+    return sum_log_singular_values(conv_first_tap_matrices(weight, groups)).sum()
+
+
+def paper_conv_delta_h(weight: Tensor, out_spatial: Sequence[int], groups: int = 1) -> Tensor:
+    """ΔH of a conv layer by the `paper` method: positions · per-position log volume."""
+    return math.prod(out_spatial) * conv_paper_log_volume(weight, groups)
+
+
+def spectral_grid(in_spatial: Sequence[int], stride: Sequence[int]) -> tuple[int, ...]:
+    """The circular grid the spectral method works on: the input grid, rounded up per dimension
+    to a multiple of the stride (so the polyphase rearrangement is exact)."""
+    return tuple(-(-size // s) * s for size, s in zip(in_spatial, stride, strict=True))
+
+
+def conv_spectral_matrices(
+    weight: Tensor,
+    grid: Sequence[int],
+    stride: Sequence[int] | int = 1,
+    dilation: Sequence[int] | int = 1,
+    groups: int = 1,
+) -> tuple[Tensor, Tensor]:
+    """Frequency-domain matrices of a circular conv (Sedghi, Gupta, Long, ICLR 2019).
+
+    A stride-1 circular conv on the grid is block-circulant, with the singular values of the
+    matrices K̂(ω) = Σ_a K[:, :, a]·exp(−2πi⟨ω, a/grid⟩) over all grid frequencies ω. A stride s
+    is turned into stride 1 by the polyphase rearrangement of the input (space-to-depth by s),
+    which gives C_in·∏s input channels on a grid of size grid/s. Dilation spreads the taps;
+    taps beyond the grid wrap around.
+
+    Returns ``(mats, multiplicity)``: ``mats`` of shape ``(F, groups, C_out/g, C_in/g·∏s)``
+    (complex128) over the half-spectrum of a real FFT, and the float64 multiplicity of each
+    frequency (1 or 2, from conjugate symmetry), which sums to ∏(grid/s).
+    """
+    nd = _check_conv_weight(weight, groups)
+    strides = _per_dim(stride, nd, "stride")
+    dilations = _per_dim(dilation, nd, "dilation")
+    grid = tuple(int(g) for g in grid)
+    if len(grid) != nd:
+        raise ShapeError(f"grid {grid} has {len(grid)} dims; the kernel has {nd}")
+    for g, s in zip(grid, strides, strict=True):
+        if g < 1 or g % s:
+            raise ShapeError(f"grid {grid} must be positive multiples of the stride {strides}")
+    n_out = tuple(g // s for g, s in zip(grid, strides, strict=True))
+    c_out, c_in_g = weight.shape[0], weight.shape[1]
+    kernel = weight.shape[2:]
+
+    # Scatter each tap a to (phase r, shift q mod n_out): offset d·a = s·q + r.
+    idx = torch.zeros((), dtype=torch.long, device=weight.device)
+    for size, s, d, n in zip(kernel, strides, dilations, n_out, strict=True):
+        offset = torch.arange(size, device=weight.device) * d
+        lin = (offset % s) * n + (offset // s) % n  # index into (s, n) for this dim
+        idx = idx[..., None] * (s * n) + lin
+    n_phase = math.prod(strides)
+    folded = torch.zeros(
+        c_out, c_in_g, n_phase * math.prod(n_out), dtype=torch.float64, device=weight.device
+    )
+    folded = folded.index_add(2, idx.reshape(-1), precise(weight).reshape(c_out, c_in_g, -1))
+    # (C_out, C_in/g, s1, n1, s2, n2, ...) -> (C_out, C_in/g, s1, s2, ..., n1, n2, ...)
+    inter = [v for pair in zip(strides, n_out, strict=True) for v in pair]
+    folded = folded.reshape(c_out, c_in_g, *inter)
+    perm = [0, 1, *[2 + 2 * i for i in range(nd)], *[3 + 2 * i for i in range(nd)]]
+    folded = folded.permute(perm)
+    spec = torch.fft.rfftn(folded, dim=tuple(range(2 + nd, 2 + 2 * nd)))
+    # -> (F, groups, C_out/g, C_in/g·∏s)
+    n_freq = math.prod(spec.shape[2 + nd :])
+    spec = spec.reshape(groups, c_out // groups, c_in_g * n_phase, n_freq).permute(3, 0, 1, 2)
+
+    last = n_out[-1]
+    mult_last = torch.full((last // 2 + 1,), 2.0, dtype=torch.float64, device=weight.device)
+    mult_last[0] = 1.0
+    if last % 2 == 0:
+        mult_last[-1] = 1.0
+    mult = mult_last.expand(*n_out[:-1], last // 2 + 1).reshape(-1)
+    return spec, mult
+
+
+def conv_spectral_log_volume(
+    weight: Tensor,
+    grid: Sequence[int],
+    stride: Sequence[int] | int = 1,
+    dilation: Sequence[int] | int = 1,
+    groups: int = 1,
+    *,
+    chunk: int = 4096,
+) -> Tensor:
+    """The `spectral` method: exact ΔH = Σ_ω Σ_g Σ_i log σ_i(K̂_g(ω)) of the circular conv.
+
+    This is the whole-layer value (all positions included). ``grid`` is the input grid (for a
+    ConvTranspose pass its *output* grid: its weight is the adjoint conv's weight). ``chunk``
+    bounds how many frequency matrices are decomposed at once.
+    """
+    mats, mult = conv_spectral_matrices(weight, grid, stride, dilation, groups)
+    total = torch.zeros((), dtype=torch.float64, device=weight.device)
+    for start in range(0, mats.shape[0], chunk):
+        part = sum_log_singular_values(mats[start : start + chunk]).sum(-1)
+        total = total + (part * mult[start : start + chunk]).sum()
+    return total
+
+
+def batchnorm_scale(
+    running_var: Tensor, weight: Tensor | None = None, eps: float = 1e-5
+) -> Tensor:
+    """Per-channel multiplier γ_c / sqrt(var_c + ε) of an eval-mode BatchNorm (float64)."""
+    scale = torch.rsqrt(precise(running_var) + eps)
+    return scale if weight is None else precise(weight) * scale
+
+
+def batchnorm_log_volume(
+    running_var: Tensor, weight: Tensor | None = None, eps: float = 1e-5
+) -> Tensor:
+    """Σ_c log|γ_c / sqrt(var_c + ε)|: ΔH of an eval BatchNorm per position (a diagonal map)."""
+    return torch.log(batchnorm_scale(running_var, weight, eps).abs()).sum()
+
+
+def fold_batchnorm_into_weight(
+    weight: Tensor, scale: Tensor, *, transposed: bool = False, groups: int = 1
+) -> Tensor:
+    """Fold a per-output-channel BatchNorm ``scale`` into a dense/conv weight (float64).
+
+    Dense ``(out, in)`` and conv ``(C_out, C_in/g, *k)`` weights scale dim 0. A ConvTranspose
+    weight ``(C_in, C_out/g, *k)`` has its output channels in dim 1, group by group.
+    """
+    w = precise(weight)
+    if not transposed:
+        if scale.numel() != w.shape[0]:
+            raise ShapeError(f"BatchNorm has {scale.numel()} channels, the layer {w.shape[0]}")
+        return w * scale.reshape(-1, *([1] * (w.dim() - 1)))
+    c_out_g = w.shape[1]
+    if scale.numel() != c_out_g * groups:
+        raise ShapeError(f"BatchNorm has {scale.numel()} channels, the layer {c_out_g * groups}")
+    per_group = scale.reshape(groups, 1, c_out_g)  # (g, 1, C_out/g)
+    c_in_g = w.shape[0] // groups
+    w = w.reshape(groups, c_in_g, c_out_g, *w.shape[2:])
+    w = w * per_group.reshape(groups, 1, c_out_g, *([1] * (w.dim() - 3)))
+    return w.reshape(groups * c_in_g, c_out_g, *w.shape[3:])
+
+
+def _per_dim(value: Sequence[int] | int, nd: int, name: str) -> tuple[int, ...]:
+    values = (int(value),) * nd if isinstance(value, int) else tuple(int(v) for v in value)
+    if len(values) != nd or any(v < 1 for v in values):
+        raise ShapeError(f"{name}={value!r} must be {nd} positive integer(s)")
+    return values

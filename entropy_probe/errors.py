@@ -1,0 +1,43 @@
+"""Exception types. Every user mistake surfaces as an ``EntropyProbeError`` subclass.
+
+The CLI turns these into a one-line message and a non-zero exit code; anything else is a bug.
+"""
+
+from __future__ import annotations
+
+
+class EntropyProbeError(Exception):
+    """Base class for every error entropy_probe raises on purpose."""
+
+
+class UnknownNameError(EntropyProbeError, KeyError):
+    """A name (loader scheme, rule, model, reference) is not registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class DuplicateNameError(EntropyProbeError, ValueError):
+    """Two registrations under the same name."""
+
+
+class SourceError(EntropyProbeError, ValueError):
+    """A model source cannot be read: missing, corrupt, unsafe or ambiguous."""
+
+
+class UnsupportedLayerError(EntropyProbeError, TypeError):
+    """A layer has no rule or does not fit its rule's contract."""
+
+
+class ShapeError(EntropyProbeError, ValueError):
+    """Shapes that do not fit together (weights, input shape, grid)."""
+
+
+class PluginError(EntropyProbeError, RuntimeError):
+    """A plugin failed to load or registered something invalid."""
+
+    def __init__(self, message: str, *, plugin: str = "", distribution: str = "") -> None:
+        where = ", ".join(p for p in (plugin and f"plugin {plugin!r}", distribution) if p)
+        super().__init__(f"{message} ({where})" if where else message)
+        self.plugin = plugin
+        self.distribution = distribution
