@@ -1,0 +1,1 @@
+"""The entropy math (functional), layer rules and profiles."""

@@ -17,7 +17,8 @@ Conventions
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -62,7 +63,8 @@ def sum_log_singular_values(
     ``mats`` has shape ``(..., m, n)``; the result has shape ``(...)`` in float64. The sum runs
     over the min(m, n) singular values. ``auto`` takes ½·log det of the smaller Gram matrix via a
     batched Cholesky (about 4× cheaper than an SVD on CPU) and falls back to an SVD for the
-    matrices whose Gram matrix is not numerically positive definite. A matrix that is
+    matrices whose Gram matrix is not numerically positive definite (a failed Cholesky, or a
+    pivot at rounding level relative to ‖A‖_F). A matrix that is
     numerically rank deficient (σ_min ≤ σ_max·max(m, n)·eps of the input dtype, numpy's
     ``matrix_rank`` rule) gives ``-inf``.
     """
@@ -79,16 +81,23 @@ def sum_log_singular_values(
 
     gram = A @ A.mH if m <= n else A.mH @ A
     chol, info = torch.linalg.cholesky_ex(gram)
-    bad = info != 0
+    diag = torch.diagonal(chol, dim1=-2, dim2=-1).real
+    k = gram.shape[-1]
+    # A rank-deficient A often does not make the Cholesky fail: rounding leaves a pivot of
+    # about sqrt(k·eps64)·‖A‖_F where an exact zero belongs, and a finite value came out.
+    # Pivots below 1e3 times that count as failures (there the Gram route, which squares the
+    # condition number, has lost most of its digits): the SVD and its rank tolerance decide.
+    frob = torch.diagonal(gram, dim1=-2, dim2=-1).real.sum(-1).sqrt()
+    floor = max(tol, 1e3 * math.sqrt(k * torch.finfo(torch.float64).eps))
+    bad = (info != 0) | (diag.amin(-1) <= floor * frob)
     if not bool(bad.any()):
-        return torch.log(torch.diagonal(chol, dim1=-2, dim2=-1).real).sum(-1)
+        return torch.log(diag).sum(-1)
     if method is LogDetMethod.CHOLESKY:
         raise ShapeError(
             f"{int(bad.sum())} matrix(es) are not numerically full rank; use method='auto' or 'svd'"
         )
     # Redo the Cholesky on a safe input so no NaN can leak into gradients, then overwrite the
     # failed entries with the SVD value.
-    k = gram.shape[-1]
     eye = torch.eye(k, dtype=gram.dtype, device=gram.device).expand_as(gram)
     safe = torch.where(bad[..., None, None], eye, gram)
     out = torch.log(torch.diagonal(torch.linalg.cholesky(safe), dim1=-2, dim2=-1).real).sum(-1)
@@ -97,8 +106,28 @@ def sum_log_singular_values(
     return out
 
 
+@contextmanager
+def _one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """Run a CPU LAPACK SVD on one thread, restoring the setting afterwards.
+
+    torch's batched CPU SVD with MKL/OpenMP threads degrades badly on a loaded 2-core machine
+    (measured: 100 real 64×64 matrices 4.8 s with 2 threads vs 0.04 s with 1; 420 complex
+    128×256 matrices 23 s vs 3.4 s), while the Cholesky path is unaffected.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _svd_sum_log(A: Tensor, tol: float) -> Tensor:
-    sv = torch.linalg.svdvals(A)
+    with _one_cpu_thread(A.device):
+        sv = torch.linalg.svdvals(A)
     logs = torch.log(sv).sum(-1)
     if sv.numel() == 0:
         return logs
@@ -138,6 +167,8 @@ def _check_conv_weight(weight: Tensor, groups: int) -> int:
         raise ShapeError(
             f"a conv weight must be (C_out, C_in/groups, *kernel), got shape {tuple(weight.shape)}"
         )
+    if weight.numel() == 0:
+        raise ShapeError(f"cannot analyse an empty conv weight of shape {tuple(weight.shape)}")
     if groups < 1 or weight.shape[0] % groups:
         raise ShapeError(
             f"groups={groups} does not divide the {weight.shape[0]} leading channels of the weight"

@@ -1,0 +1,3 @@
+from entropy_probe.cli import main
+
+main()

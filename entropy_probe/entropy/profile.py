@@ -1,0 +1,306 @@
+"""Turn walked records into an entropy profile, batching the math across layers."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from entropy_probe.entropy import functional as F
+from entropy_probe.entropy.rules import LayerRule, PaperTerms
+from entropy_probe.enums import ConvMethod, LayerKind, Status
+from entropy_probe.errors import EntropyProbeError, UnknownNameError, UnsupportedLayerError
+from entropy_probe.walk.records import LayerRecord, Shape
+
+PROFILE_SCHEMA = "entropy_probe.profile/1"
+
+
+@dataclass(frozen=True)
+class LayerEntropy:
+    """The entropy change of one layer, in nats. Non-finite values are kept as floats here
+    (−inf for singular layers) and become ``null`` in JSON.
+
+    ``delta_h`` is the `paper` value (DESIGN.md 2.1–2.2) of the map the data really sees (an
+    eval BatchNorm directly after the layer folded in); ``delta_h_raw`` the same without the
+    fold. ``delta_h_per_dim`` is the mean log singular value, ``spectral_shape`` its scale-free
+    part (DESIGN.md 2.7), ``delta_h_spectral`` the exact circular-boundary value.
+    """
+
+    name: str
+    kind: str
+    op_type: str
+    status: Status
+    reason: str = ""
+    weight_shape: Shape | None = None
+    in_shape: Shape | None = None
+    out_shape: Shape | None = None
+    positions: int | None = None
+    delta_h: float | None = None
+    delta_h_per_dim: float | None = None
+    delta_h_spectral: float | None = None
+    spectral_shape: float | None = None
+    delta_h_raw: float | None = None
+    folded_batchnorm: str | None = None
+    folded_into: str | None = None
+    calls: int = 1
+    depth: float | None = None
+    empirical: dict[str, Any] | None = None
+
+    @property
+    def analysed(self) -> bool:
+        return self.status in (Status.OK, Status.SINGULAR)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key in self.__dataclass_fields__:
+            value = getattr(self, key)
+            if isinstance(value, tuple):
+                value = list(value)
+            out[key] = _finite_or_none(value)
+        out["status"] = str(self.status)
+        return out
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The entropy profile of one model: per-layer records plus how they were computed."""
+
+    source: str
+    format: str
+    input_shape: Shape | None
+    layers: tuple[LayerEntropy, ...]
+    method: ConvMethod = ConvMethod.PAPER
+    device: str = "cpu"
+    num_params: int = 0
+    pretrained: bool = True
+    elapsed_s: float = 0.0
+    notes: tuple[str, ...] = ()
+    schema: str = PROFILE_SCHEMA
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def analysed(self) -> list[LayerEntropy]:
+        return [layer for layer in self.layers if layer.analysed]
+
+    def total_delta_h(self) -> float | None:
+        """Σ ΔH over analysed layers, BatchNorms folded into a layer counted once."""
+        values = [
+            layer.delta_h
+            for layer in self.analysed
+            if layer.folded_into is None and layer.delta_h is not None
+        ]
+        if not values and not any(layer.status is Status.SINGULAR for layer in self.analysed):
+            return None
+        if any(layer.status is Status.SINGULAR for layer in self.analysed):
+            return -math.inf
+        return math.fsum(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema,
+            "source": self.source,
+            "format": self.format,
+            "input_shape": list(self.input_shape) if self.input_shape else None,
+            "method": str(self.method),
+            "device": self.device,
+            "num_params": self.num_params,
+            "pretrained": self.pretrained,
+            "elapsed_s": round(self.elapsed_s, 4),
+            "notes": list(self.notes),
+            "total_delta_h": _finite_or_none(self.total_delta_h()),
+            "layers": [layer.to_dict() for layer in self.layers],
+        }
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is a clear error."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EntropyProbeError("--device cuda was asked for, but no CUDA device is available")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise EntropyProbeError(f"unknown device {device!r}: use auto, cpu or cuda") from exc
+
+
+@dataclass
+class _Pending:
+    record: LayerRecord
+    rule: LayerRule
+    weight: Tensor | None
+    terms: PaperTerms
+    raw_terms: PaperTerms | None = None
+    per_position: float = math.nan
+    sq_norm: float = math.nan
+    raw_per_position: float | None = None
+
+
+def _evaluate_terms(items: Sequence[tuple[PaperTerms, int]], device: torch.device) -> dict[int, tuple[float, float]]:
+    """Σ log σ and Σ σ² per item, with all matrices of one shape decomposed in one batched call.
+
+    ``items`` are (terms, key); the result maps key → (sum_log, sum_sq).
+    """
+    by_shape: dict[tuple[int, int], list[tuple[int, Tensor]]] = defaultdict(list)
+    out: dict[int, list[float]] = {}
+    for terms, key in items:
+        out[key] = [0.0, 0.0]
+        if terms.matrices is not None:
+            mats = terms.matrices
+            by_shape[(mats.shape[-2], mats.shape[-1])].append((key, mats))
+        else:
+            assert terms.value is not None and terms.sq_norm is not None
+            out[key] = [float(terms.value), float(terms.sq_norm)]
+    for group in by_shape.values():
+        keys = [key for key, mats in group for _ in range(mats.shape[0])]
+        batch = torch.cat([F.precise(mats.detach()).to(device) for _, mats in group])
+        logs = F.sum_log_singular_values(batch).cpu().tolist()
+        sqs = batch.abs().pow(2).sum(dim=(-2, -1)).cpu().tolist()
+        for key, log_value, sq in zip(keys, logs, sqs, strict=True):
+            out[key][0] += log_value
+            out[key][1] += sq
+    return {key: (vals[0], vals[1]) for key, vals in out.items()}
+
+
+def compute_profile(
+    records: Iterable[LayerRecord],
+    rules: Any,
+    *,
+    source: str,
+    format: str,
+    input_shape: Shape | None,
+    method: ConvMethod | str = ConvMethod.PAPER,
+    device: str | torch.device = "auto",
+    num_params: int = 0,
+    pretrained: bool = True,
+    notes: Sequence[str] = (),
+) -> Profile:
+    """Analyse walked ``records`` with the registered ``rules`` (a Registry of LayerRule).
+
+    Equal-shape matrices of all layers are decomposed in one batched call on ``device``.
+    """
+    start = time.perf_counter()
+    method = ConvMethod(method)
+    dev = resolve_device(device)
+    records = list(records)
+    by_name = {r.name: r for r in records}
+    pending: dict[int, _Pending] = {}
+    finished: dict[int, LayerEntropy] = {}
+
+    for index, record in enumerate(records):
+        base = _base_entry(record)
+        if record.status is not None and record.status not in (Status.OK, Status.SINGULAR):
+            finished[index] = replace(base, status=record.status, reason=record.reason)
+            continue
+        try:
+            rule: LayerRule = rules.get(record.kind)
+            rule.check(record)
+        except (UnknownNameError, UnsupportedLayerError) as exc:
+            finished[index] = replace(base, status=Status.SKIPPED, reason=str(exc))
+            continue
+        weight = record.weight
+        raw_terms = None
+        if weight is not None and record.folded_batchnorm in by_name:
+            bn = by_name[record.folded_batchnorm].batchnorm
+            if bn is not None:
+                raw_terms = rule.paper_terms(record, weight)
+                weight = rule.fold(record, weight, F.batchnorm_scale(bn.running_var, bn.weight, bn.eps))
+        try:
+            terms = rule.paper_terms(record, weight if weight is not None else torch.empty(0))
+        except EntropyProbeError as exc:
+            finished[index] = replace(base, status=Status.SKIPPED, reason=str(exc))
+            continue
+        pending[index] = _Pending(record, rule, weight, terms, raw_terms)
+
+    items = [(p.terms, 2 * i) for i, p in pending.items()]
+    items += [(p.raw_terms, 2 * i + 1) for i, p in pending.items() if p.raw_terms is not None]
+    values = _evaluate_terms(items, dev)
+
+    for index, p in pending.items():
+        sum_log, sum_sq = values[2 * index]
+        positions = p.rule.positions(p.record)
+        if positions is not None:
+            positions *= p.record.calls
+        per_dim = sum_log / p.terms.dims
+        singular = math.isinf(sum_log) and sum_log < 0
+        delta_h = positions * sum_log if positions is not None else None
+        raw = None
+        if p.raw_terms is not None and positions is not None:
+            raw = positions * values[2 * index + 1][0]
+        spectral = None
+        if method is not ConvMethod.PAPER and p.weight is not None:
+            value = p.rule.spectral_delta_h(p.record, p.weight.to(dev))
+            spectral = float(value) * p.record.calls if value is not None else None
+        shape = per_dim - 0.5 * math.log(sum_sq / p.terms.dims) if sum_sq > 0 else -math.inf
+        reason = p.record.reason
+        if singular:
+            reason = "a zero singular value: the layer discards information (ΔH = −inf)"
+        elif p.record.folded_batchnorm:
+            reason = f"eval BatchNorm {p.record.folded_batchnorm!r} folded in"
+        elif p.record.folded_into:
+            reason = f"folded into {p.record.folded_into!r} (counted there)"
+        finished[index] = replace(
+            _base_entry(p.record),
+            status=Status.SINGULAR if singular else Status.OK,
+            reason=reason,
+            positions=positions,
+            delta_h=delta_h,
+            delta_h_per_dim=per_dim,
+            delta_h_spectral=spectral,
+            spectral_shape=shape,
+            delta_h_raw=raw,
+        )
+
+    layers = [finished[i] for i in range(len(records))]
+    analysed = [i for i, layer in enumerate(layers) if layer.analysed and layer.kind != LayerKind.BATCHNORM]
+    for rank, i in enumerate(analysed):
+        depth = rank / (len(analysed) - 1) if len(analysed) > 1 else 0.0
+        layers[i] = replace(layers[i], depth=depth)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return Profile(
+        source=source,
+        format=format,
+        input_shape=input_shape,
+        layers=tuple(layers),
+        method=method,
+        device=str(dev),
+        num_params=num_params,
+        pretrained=pretrained,
+        elapsed_s=time.perf_counter() - start,
+        notes=tuple(notes),
+    )
+
+
+def _base_entry(record: LayerRecord) -> LayerEntropy:
+    return LayerEntropy(
+        name=record.name,
+        kind=record.kind,
+        op_type=record.op_type,
+        status=record.status or Status.OK,
+        reason=record.reason,
+        weight_shape=record.weight_shape,
+        in_shape=record.in_shape,
+        out_shape=record.out_shape,
+        folded_batchnorm=record.folded_batchnorm,
+        folded_into=record.folded_into,
+        calls=record.calls,
+    )

@@ -1,0 +1,154 @@
+"""torch state dicts (``.pt/.pth/.bin``, read with ``weights_only=True``) and safetensors."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from entropy_probe.errors import SourceError
+from entropy_probe.loading._base import LoadedModel, Loader, LoadOptions
+
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "weights")
+
+
+def existing_file(path: str | Path) -> Path:
+    """``path`` as a Path, or a SourceError saying it is missing or not a file."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise SourceError(f"file not found: {p}")
+    if not p.is_file():
+        raise SourceError(f"not a file: {p}")
+    if p.stat().st_size == 0:
+        raise SourceError(f"{p} is empty (0 bytes)")
+    return p
+
+
+def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
+    """A flat name → tensor dict from a state dict or a common training checkpoint."""
+    if isinstance(obj, Mapping):
+        tensors = {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
+        if tensors:
+            return tensors
+        for key in _WRAPPER_KEYS:
+            if isinstance(obj.get(key), Mapping):
+                return _unwrap(obj[key], path)
+    raise SourceError(
+        f"{path} holds no tensors (found {type(obj).__name__}); expected a state_dict "
+        "(a mapping of parameter names to tensors)"
+    )
+
+
+def read_torch_file(path: str | Path, *, trust_pickle: bool = False) -> dict[str, Tensor] | nn.Module:
+    """Read a torch checkpoint safely; a full pickled model is refused unless trusted."""
+    p = existing_file(path)
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not trust_pickle:
+            raise SourceError(
+                f"{p} contains pickled Python objects (e.g. a whole model), and unpickling can run "
+                "arbitrary code, so it was not loaded. Save `model.state_dict()` with torch.save or "
+                "safetensors instead, or pass --trust-pickle if you trust its author."
+            ) from exc
+        warnings.warn(
+            f"--trust-pickle: unpickling {p}; this runs any code the file contains",
+            stacklevel=2,
+        )
+        obj = torch.load(p, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SourceError(f"cannot read {p} as a torch checkpoint: {first}") from exc
+    if isinstance(obj, nn.Module):
+        return obj
+    return _unwrap(obj, p)
+
+
+def read_safetensors(path: str | Path) -> dict[str, Tensor]:
+    p = existing_file(path)
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(p), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SourceError(f"cannot read {p} as safetensors: {first}") from exc
+
+
+def read_weights(path: str | Path, *, trust_pickle: bool = False) -> dict[str, Tensor]:
+    """A state dict from a ``.safetensors`` or torch file (for ``--weights``)."""
+    p = Path(path)
+    if p.suffix == ".safetensors":
+        return read_safetensors(p)
+    obj = read_torch_file(p, trust_pickle=trust_pickle)
+    if isinstance(obj, nn.Module):
+        return {k: v.detach() for k, v in obj.state_dict().items()}
+    return obj
+
+
+def load_into(module: nn.Module, state: Mapping[str, Tensor], source: str, *, strict: bool) -> None:
+    """``module.load_state_dict(state)`` with a readable error on mismatch."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if wrong or (strict and (missing or unexpected)):
+        parts = []
+        if wrong:
+            parts.append(f"{len(wrong)} shape mismatch(es), e.g. {wrong[0]}")
+        if missing:
+            parts.append(f"{len(missing)} missing key(s), e.g. {missing[0]!r}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]!r}")
+        raise SourceError(
+            f"the weights do not fit {source}: {'; '.join(parts)}. "
+            "Check the architecture name (and classes/in_channels) the weights were saved from."
+        )
+    module.load_state_dict(state, strict=strict)
+
+
+class StateDictLoader(Loader):
+    scheme = "torch"
+    extensions = TORCH_SUFFIXES
+    description = "torch state dict (.pt/.pth/.bin), read with weights_only=True"
+
+    def load(self, ident: str, options: LoadOptions) -> LoadedModel:
+        obj = read_torch_file(ident, trust_pickle=options.trust_pickle)
+        if isinstance(obj, nn.Module):
+            return LoadedModel(source=ident, format="torch", module=obj.eval(), input_shape=options.input_shape)
+        return _bare(ident, "torch", obj, options)
+
+
+class SafetensorsLoader(Loader):
+    scheme = "safetensors"
+    extensions = (".safetensors",)
+    description = "safetensors state dict"
+
+    def load(self, ident: str, options: LoadOptions) -> LoadedModel:
+        return _bare(ident, "safetensors", read_safetensors(ident), options)
+
+
+def _bare(ident: str, fmt: str, state: dict[str, Tensor], options: LoadOptions) -> LoadedModel:
+    return LoadedModel(
+        source=ident,
+        format=fmt,
+        state_dict=state,
+        input_shape=options.input_shape,
+        notes=[
+            "a state dict has no architecture: per-dimension values only, positions unknown "
+            "(null). Give the architecture to get whole-layer values, e.g. "
+            "`entropy-probe profile timm:resnet18 --weights FILE` or `smp:Unet/resnet34 --weights FILE`."
+        ],
+    )

@@ -1,0 +1,606 @@
+"""Walk an ONNX graph into :class:`LayerRecord`s without converting the model to torch.
+
+Weights are read from the graph's initializers and ``Constant`` nodes (following simple chains
+of Identity / Cast / Transpose / Reshape / DequantizeLinear on constants), each converted once.
+Per-sample shapes come from ONNX shape inference on a light copy of the graph (large constant
+tensors replaced by typed inputs, the batch dim set to 1 and the given input shape applied), so
+the caller's model is never mutated and the weights are never copied for inference.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from entropy_probe.enums import LayerKind, Status
+from entropy_probe.errors import ShapeError, SourceError
+from entropy_probe.walk.records import BatchNormParams, LayerRecord, Shape
+
+__all__ = ["layer_tensors", "record_name", "walk_onnx"]
+
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+_CONV_OPS = ("Conv", "ConvTranspose")
+_DENSE_OPS = ("Gemm", "MatMul")
+_NORM_OPS = {
+    "LayerNormalization": (
+        "layernorm",
+        "normalises each sample over its features with the sample's own statistics (a"
+        " non-linear map): no weight-only closed form",
+    ),
+    "InstanceNormalization": (
+        "instancenorm",
+        "normalises each channel of each sample with the sample's own statistics (a non-linear"
+        " map): no weight-only closed form",
+    ),
+    "GroupNormalization": (
+        "groupnorm",
+        "normalises each channel group of each sample with the sample's own statistics (a"
+        " non-linear map): no weight-only closed form",
+    ),
+}
+# Constant tensors with more elements than this are left out of the shape-inference copy
+# (shape inference only needs the values of small shape-like tensors).
+_INFERENCE_CONST_LIMIT = 1024
+_MAX_CHAIN = 16
+
+
+def record_name(node: Any) -> str:
+    """A node's record name: its ``name``, or its first output's name when unnamed."""
+    return str(node.name) if node.name else str(node.output[0]) if node.output else node.op_type
+
+
+def walk_onnx(model: Any, input_shape: Sequence[int] | None = None) -> list[LayerRecord]:
+    """One :class:`LayerRecord` per weighted node of ``model`` (an ``onnx.ModelProto``).
+
+    ``input_shape`` is the per-sample shape of the graph's first real input (e.g. ``(3, 224,
+    224)``); without it the input's declared shape is used, and a declared shape with
+    symbolic dims raises :class:`SourceError`. Records are in graph (topological) order.
+    """
+    return [rec for rec, _node in _walk(model, input_shape)]
+
+
+def layer_tensors(
+    model: Any, input_shape: Sequence[int] | None = None
+) -> dict[str, tuple[str, str]]:
+    """Record name → (input tensor name, output tensor name) of every record of
+    :func:`walk_onnx`: what to add as graph outputs to measure a layer in onnxruntime."""
+    return {
+        rec.name: (str(node.input[0]), str(node.output[0]))
+        for rec, node in _walk(model, input_shape)
+    }
+
+
+def _walk(model: Any, input_shape: Sequence[int] | None) -> list[tuple[LayerRecord, Any]]:
+    graph = model.graph
+    shapes = _infer_shapes(model, input_shape)
+    consts = _Constants(graph)
+    built: list[tuple[LayerRecord, Any]] = []
+    used: set[str] = set()
+    for node in graph.node:
+        if node.domain not in _DEFAULT_DOMAINS:
+            continue
+        rec = _record(node, consts, shapes)
+        if rec is None:
+            continue
+        if rec.name in used:  # ONNX does not require unique node names
+            rec = replace(rec, name=f"{rec.name}/{node.output[0]}")
+        used.add(rec.name)
+        built.append((rec, node))
+    return _detect_folds(graph, built)
+
+
+# --------------------------------------------------------------------------------------------
+# constants
+
+
+class _Constants:
+    """Resolve a tensor name to its constant value (initializer, Constant node, or a simple
+    chain of ops on constants); every tensor is converted at most once."""
+
+    def __init__(self, graph: Any) -> None:
+        self._inits = {t.name: t for t in graph.initializer}
+        self._producer = {out: node for node in graph.node for out in node.output if out}
+        self._arrays: dict[str, np.ndarray | None] = {}
+        self._tensors: dict[str, Tensor | None] = {}
+
+    def tensor(self, name: str) -> Tensor | None:
+        """The constant as a float tensor (float64 kept, everything else float32), or None."""
+        if name not in self._tensors:
+            arr = self.array(name)
+            if arr is None or not (np.issubdtype(arr.dtype, np.number) or arr.dtype.kind == "V"):
+                self._tensors[name] = None
+            else:
+                dtype = np.float64 if arr.dtype == np.float64 else np.float32
+                try:
+                    t = torch.from_numpy(np.array(arr, dtype=dtype, copy=True))
+                except (TypeError, ValueError):
+                    t = None
+                self._tensors[name] = t
+                if t is not None and arr.dtype == dtype:
+                    self._arrays[name] = t.numpy()  # share memory: one copy of each weight
+        return self._tensors[name]
+
+    def array(self, name: str, depth: int = 0) -> np.ndarray | None:
+        if not name:
+            return None
+        if name not in self._arrays:
+            self._arrays[name] = self._resolve(name, depth)
+        return self._arrays[name]
+
+    def _resolve(self, name: str, depth: int) -> np.ndarray | None:
+        from onnx import numpy_helper
+
+        if name in self._inits:
+            try:
+                return np.asarray(numpy_helper.to_array(self._inits[name]))
+            except Exception:  # unloaded external data, odd dtypes: treat as not constant
+                return None
+        node = self._producer.get(name)
+        if node is None or depth > _MAX_CHAIN or node.domain not in _DEFAULT_DOMAINS:
+            return None
+        try:
+            return self._through(node, depth + 1)
+        except Exception:  # a malformed chain is "not a constant", never a crash
+            return None
+
+    def _through(self, node: Any, depth: int) -> np.ndarray | None:
+        op = node.op_type
+        attrs = _attrs(node)
+        if op == "Constant":
+            return _constant_value(node)
+        if not node.input:
+            return None
+        src = self.array(node.input[0], depth)
+        if src is None:
+            return None
+        if op == "Identity":
+            return src
+        if op == "Cast":
+            from onnx import helper
+
+            return src.astype(helper.tensor_dtype_to_np_dtype(int(attrs["to"])))
+        if op == "Transpose":
+            perm = attrs.get("perm")
+            return np.transpose(src, None if perm is None else tuple(perm))
+        if op == "Reshape":
+            shape = self.array(node.input[1], depth) if len(node.input) > 1 else None
+            if shape is None:
+                return None
+            target = [int(v) for v in shape.reshape(-1)]
+            if not attrs.get("allowzero", 0):
+                target = [src.shape[i] if v == 0 else v for i, v in enumerate(target)]
+            return src.reshape(target)
+        if op == "DequantizeLinear":
+            if attrs.get("block_size", 0):
+                return None
+            scale = self.array(node.input[1], depth) if len(node.input) > 1 else None
+            if scale is None:
+                return None
+            zero = self.array(node.input[2], depth) if len(node.input) > 2 else None
+            x = src.astype(np.float32)
+            if scale.size > 1:  # per-axis
+                axis = int(attrs.get("axis", 1)) % src.ndim
+                bshape = [1] * src.ndim
+                bshape[axis] = -1
+                scale = scale.reshape(bshape)
+                zero = None if zero is None else zero.reshape(bshape)
+            if zero is not None:
+                x = x - zero.astype(np.float32)
+            return (x * scale.astype(np.float32)).astype(np.float32)
+        return None
+
+
+def _constant_value(node: Any) -> np.ndarray | None:
+    from onnx import numpy_helper
+
+    for attr in node.attribute:
+        if attr.name == "value":
+            return np.asarray(numpy_helper.to_array(attr.t))
+        if attr.name == "value_float":
+            return np.asarray(attr.f, dtype=np.float32)
+        if attr.name == "value_floats":
+            return np.asarray(list(attr.floats), dtype=np.float32)
+        if attr.name == "value_int":
+            return np.asarray(attr.i, dtype=np.int64)
+        if attr.name == "value_ints":
+            return np.asarray(list(attr.ints), dtype=np.int64)
+    return None  # sparse_value, strings
+
+
+def _attrs(node: Any) -> dict[str, Any]:
+    from onnx import helper
+
+    out: dict[str, Any] = {}
+    for attr in node.attribute:
+        value = helper.get_attribute_value(attr)
+        out[attr.name] = value.decode() if isinstance(value, bytes) else value
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# shapes
+
+
+def _infer_shapes(model: Any, input_shape: Sequence[int] | None) -> dict[str, Shape]:
+    """Per-sample shape of every tensor whose shape inference fully determined it."""
+    import onnx
+    from onnx import helper
+
+    graph = model.graph
+    inits = {t.name for t in graph.initializer}
+    real = [i for i in graph.input if i.name not in inits]
+
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    g = light.graph
+    g.name = graph.name
+    declared = {i.name for i in graph.input}
+    for t in graph.initializer:
+        if _numel(t.dims) <= _INFERENCE_CONST_LIMIT:
+            g.initializer.append(t)
+        elif t.name not in declared:
+            g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    for node in graph.node:
+        big = _big_constant(node)
+        if big is not None:
+            g.input.append(
+                helper.make_tensor_value_info(node.output[0], big.data_type, list(big.dims))
+            )
+        else:
+            g.node.append(node)
+    for inp in graph.input:
+        new = g.input.add()
+        new.CopyFrom(inp)
+        if inp.name in inits:
+            continue
+        if inp.name == real[0].name:
+            _set_first_input(new, input_shape)
+        else:
+            _set_batch_one(new)
+    for out in graph.output:
+        new = g.output.add()
+        new.CopyFrom(out)
+        if new.type.HasField("tensor_type"):
+            new.type.tensor_type.ClearField("shape")  # recomputed; a stale one would conflict
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(
+            light, check_type=False, strict_mode=False, data_prop=True
+        )
+    except Exception:  # inference is best effort: shapes stay unknown
+        return {}
+    shapes: dict[str, Shape] = {}
+    for vi in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
+        ttype = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type") or not ttype.HasField("shape"):
+            continue
+        dims = ttype.shape.dim
+        if len(dims) < 1 or not all(d.HasField("dim_value") for d in dims):
+            continue
+        shapes[vi.name] = tuple(int(d.dim_value) for d in dims[1:])
+    return shapes
+
+
+def _numel(dims: Iterable[int]) -> int:
+    return math.prod(int(d) for d in dims)
+
+
+def _big_constant(node: Any) -> Any | None:
+    if node.op_type != "Constant" or node.domain not in _DEFAULT_DOMAINS or not node.output:
+        return None
+    for attr in node.attribute:
+        if attr.name == "value" and _numel(attr.t.dims) > _INFERENCE_CONST_LIMIT:
+            return attr.t
+    return None
+
+
+def _set_first_input(vi: Any, input_shape: Sequence[int] | None) -> None:
+    ttype = vi.type.tensor_type
+    dims = ttype.shape.dim if ttype.HasField("shape") else None
+    if input_shape is None:
+        if dims is None or len(dims) == 0:
+            return  # no declared shape: inference leaves everything downstream unknown
+        per_sample = dims[1:]
+        if not all(d.HasField("dim_value") and d.dim_value > 0 for d in per_sample):
+            shown = ",".join(
+                str(d.dim_value)
+                if d.HasField("dim_value") and d.dim_value > 0
+                else (d.dim_param or "?")
+                for d in per_sample
+            )
+            raise SourceError(
+                f"the ONNX input '{vi.name}' has dims ({shown}) per sample that are not fixed:"
+                " pass the per-sample input shape, e.g. --input-shape C,H,W"
+                " (--input-shape 3,224,224)"
+            )
+        _set_batch_one(vi)
+        return
+    wanted = [int(v) for v in input_shape]
+    if any(v < 1 for v in wanted):
+        raise ShapeError(f"input shape {tuple(wanted)} must be positive integers")
+    if dims is not None and len(dims) > 0 and len(dims) - 1 != len(wanted):
+        raise ShapeError(
+            f"input shape {tuple(wanted)} has {len(wanted)} dims, but the ONNX input"
+            f" '{vi.name}' has {len(dims) - 1} per sample"
+        )
+    batch = 1
+    if (
+        dims is not None
+        and len(dims) > 0
+        and dims[0].HasField("dim_value")
+        and dims[0].dim_value > 0
+    ):
+        batch = int(dims[0].dim_value)
+    ttype.ClearField("shape")
+    shape = ttype.shape
+    for v in (batch, *wanted):
+        shape.dim.add().dim_value = v
+
+
+def _set_batch_one(vi: Any) -> None:
+    ttype = vi.type.tensor_type
+    if not ttype.HasField("shape") or len(ttype.shape.dim) == 0:
+        return
+    first = ttype.shape.dim[0]
+    if not (first.HasField("dim_value") and first.dim_value > 0):
+        first.Clear()
+        first.dim_value = 1
+
+
+# --------------------------------------------------------------------------------------------
+# records
+
+
+def _record(node: Any, consts: _Constants, shapes: dict[str, Shape]) -> LayerRecord | None:
+    op = node.op_type
+    if op in _CONV_OPS:
+        return _conv_record(node, consts, shapes)
+    if op == "Gemm":
+        return _gemm_record(node, consts, shapes)
+    if op == "MatMul":
+        return _matmul_record(node, consts, shapes)
+    if op == "BatchNormalization":
+        return _batchnorm_record(node, consts, shapes)
+    if op in _NORM_OPS:
+        kind, reason = _NORM_OPS[op]
+        scale = consts.tensor(node.input[1]) if len(node.input) > 1 else None
+        return LayerRecord(
+            name=record_name(node),
+            kind=kind,
+            op_type=op,
+            weight=scale,
+            in_shape=shapes.get(node.input[0]),
+            out_shape=shapes.get(node.output[0]),
+            status=Status.NOT_ANALYTIC,
+            reason=reason,
+        )
+    return None
+
+
+def _runtime(name: str) -> str:
+    return f"weight is computed at run time (input {name} is not a constant)"
+
+
+def _conv_record(node: Any, consts: _Constants, shapes: dict[str, Shape]) -> LayerRecord:
+    op = node.op_type
+    transposed = op == "ConvTranspose"
+    attrs = _attrs(node)
+    w_name = node.input[1] if len(node.input) > 1 else ""
+    weight = consts.tensor(w_name)
+    in_shape = shapes.get(node.input[0])
+    out_shape = shapes.get(node.output[0])
+    if weight is not None:
+        nd = weight.dim() - 2
+    elif attrs.get("kernel_shape"):
+        nd = len(attrs["kernel_shape"])
+    elif in_shape is not None:
+        nd = len(in_shape) - 1
+    else:
+        nd = 2
+    kind = f"conv_transpose{nd}d" if transposed else f"conv{nd}d"
+    groups = int(attrs.get("group", 1))
+    stride = tuple(int(v) for v in attrs.get("strides", [1] * nd))
+    dilation = tuple(int(v) for v in attrs.get("dilations", [1] * nd))
+    kernel = (
+        tuple(int(v) for v in weight.shape[2:])
+        if weight is not None
+        else tuple(int(v) for v in attrs.get("kernel_shape", ()))
+    )
+    padding = _begin_pads(attrs, nd, stride, dilation, kernel, in_shape, transposed)
+    status: Status | None = None
+    reason = ""
+    if weight is None:
+        status, reason = Status.SKIPPED, _runtime(w_name or "W")
+    elif nd < 1 or nd > 3:
+        status, reason = Status.SKIPPED, f"{nd}-D convolutions are not supported"
+    elif groups < 1 or weight.shape[0] % groups:
+        status, reason = Status.SKIPPED, f"group={groups} does not divide the weight's channels"
+    return LayerRecord(
+        name=record_name(node),
+        kind=kind,
+        op_type=op,
+        weight=weight,
+        in_shape=in_shape,
+        out_shape=out_shape,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        status=status,
+        reason=reason,
+    )
+
+
+def _begin_pads(
+    attrs: dict[str, Any],
+    nd: int,
+    stride: Shape,
+    dilation: Shape,
+    kernel: Shape,
+    in_shape: Shape | None,
+    transposed: bool,
+) -> Shape:
+    auto = str(attrs.get("auto_pad", "NOTSET"))
+    if auto in ("NOTSET", ""):
+        pads = attrs.get("pads")
+        return tuple(int(v) for v in pads[:nd]) if pads else (0,) * nd
+    if auto == "VALID":
+        return (0,) * nd
+    if in_shape is None or len(kernel) != nd or len(in_shape) != nd + 1:
+        return ()
+    begin = []
+    out_pad = attrs.get("output_padding", [0] * nd)
+    for i in range(nd):
+        size, s, d, k = in_shape[i + 1], stride[i], dilation[i], kernel[i]
+        if transposed:
+            total = max(s * (size - 1) + int(out_pad[i]) + (k - 1) * d + 1 - size * s, 0)
+        else:
+            out = -(-size // s)
+            total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+        begin.append(total // 2 if auto == "SAME_UPPER" else total - total // 2)
+    return tuple(begin)
+
+
+def _gemm_record(node: Any, consts: _Constants, shapes: dict[str, Shape]) -> LayerRecord:
+    attrs = _attrs(node)
+    b_name = node.input[1] if len(node.input) > 1 else ""
+    b = consts.tensor(b_name)
+    weight: Tensor | None = None
+    status: Status | None = None
+    reason = ""
+    if b is None:
+        status, reason = Status.SKIPPED, _runtime(b_name or "B")
+    elif b.dim() != 2:
+        status, reason = Status.SKIPPED, f"Gemm operand B has shape {tuple(b.shape)}, not 2-D"
+    else:
+        weight = b if int(attrs.get("transB", 0)) else b.T.contiguous()
+        alpha = float(attrs.get("alpha", 1.0))
+        if alpha != 1.0:
+            weight = weight * alpha
+    in_shape = shapes.get(node.input[0])
+    if int(attrs.get("transA", 0)):
+        in_shape = (int(weight.shape[1]),) if weight is not None else None
+    return LayerRecord(
+        name=record_name(node),
+        kind=LayerKind.LINEAR.value,
+        op_type="Gemm",
+        weight=weight,
+        in_shape=in_shape,
+        out_shape=shapes.get(node.output[0]),
+        status=status,
+        reason=reason,
+    )
+
+
+def _matmul_record(node: Any, consts: _Constants, shapes: dict[str, Shape]) -> LayerRecord | None:
+    if len(node.input) < 2:
+        return None
+    a = consts.tensor(node.input[0])
+    b = consts.tensor(node.input[1])
+    if (a is None) == (b is None):
+        return None  # both dynamic (attention scores, ...) or a constant subexpression
+    weight: Tensor | None = None
+    status: Status | None = None
+    reason = ""
+    if b is None:
+        status = Status.SKIPPED
+        reason = "the constant is MatMul's first operand (W·X); only X·W dense layers are supported"
+    else:
+        mat = b
+        while mat.dim() > 2 and mat.shape[0] == 1:
+            mat = mat[0]
+        if mat.dim() == 1:
+            weight = mat.reshape(1, -1)
+        elif mat.dim() == 2:
+            weight = mat.T.contiguous()
+        else:
+            status = Status.SKIPPED
+            reason = f"the constant operand is a stack of matrices (shape {tuple(b.shape)})"
+    return LayerRecord(
+        name=record_name(node),
+        kind=LayerKind.LINEAR.value,
+        op_type="MatMul",
+        weight=weight,
+        in_shape=shapes.get(node.input[0]),
+        out_shape=shapes.get(node.output[0]),
+        status=status,
+        reason=reason,
+    )
+
+
+def _batchnorm_record(node: Any, consts: _Constants, shapes: dict[str, Shape]) -> LayerRecord:
+    attrs = _attrs(node)
+    names = list(node.input) + [""] * (5 - len(node.input))
+    scale = consts.tensor(names[1])
+    var = consts.tensor(names[4])
+    status: Status | None = None
+    reason = ""
+    params: BatchNormParams | None = None
+    if scale is None or var is None:
+        missing = names[1] if scale is None else names[4]
+        status, reason = Status.SKIPPED, _runtime(missing or "scale")
+    else:
+        params = BatchNormParams(
+            running_var=var, weight=scale, eps=float(attrs.get("epsilon", 1e-5))
+        )
+        if int(attrs.get("training_mode", 0)):
+            status = Status.NOT_ANALYTIC
+            reason = "training-mode BatchNormalization normalises with batch statistics"
+    return LayerRecord(
+        name=record_name(node),
+        kind=LayerKind.BATCHNORM.value,
+        op_type="BatchNormalization",
+        weight=scale,
+        in_shape=shapes.get(names[0]),
+        out_shape=shapes.get(node.output[0]),
+        batchnorm=params,
+        status=status,
+        reason=reason,
+    )
+
+
+def _out_channels(rec: LayerRecord) -> int | None:
+    w = rec.weight
+    if w is None:
+        return None
+    if rec.op_type == "ConvTranspose":
+        return int(w.shape[1]) * rec.groups
+    return int(w.shape[0])
+
+
+def _detect_folds(
+    graph: Any, built: list[tuple[LayerRecord, Any]]
+) -> list[tuple[LayerRecord, Any]]:
+    """Mark eval BatchNorms that directly follow a conv/dense layer feeding only them."""
+    uses: Counter[str] = Counter(name for node in graph.node for name in node.input if name)
+    uses.update(out.name for out in graph.output)
+    by_output = {node.output[0]: i for i, (_rec, node) in enumerate(built) if node.output}
+    out = list(built)
+    for j, (bn, bn_node) in enumerate(built):
+        if bn.op_type != "BatchNormalization" or bn.status is not None or bn.batchnorm is None:
+            continue
+        i = by_output.get(bn_node.input[0])
+        if i is None or uses[bn_node.input[0]] != 1:
+            continue
+        layer, _node = out[i]
+        if layer.op_type not in (*_CONV_OPS, *_DENSE_OPS) or layer.status is not None:
+            continue
+        if (
+            layer.folded_batchnorm is not None
+            or _out_channels(layer) != bn.batchnorm.running_var.numel()
+        ):
+            continue
+        if layer.op_type in _DENSE_OPS and (layer.out_shape is None or len(layer.out_shape) != 1):
+            continue  # BatchNorm normalises dim 1: only a (N, features) output is per feature
+        out[i] = (replace(layer, folded_batchnorm=bn.name), out[i][1])
+        out[j] = (replace(bn, folded_into=layer.name), bn_node)
+    return out
