@@ -34,7 +34,14 @@ def register(registrar: PluginRegistrar) -> None:
     from entropy_probe.loading.timm_loader import TimmLoader
     from entropy_probe.loading.torch_file import SafetensorsLoader, StateDictLoader
 
-    for loader in (DefaultLoader(), TimmLoader(), SmpLoader(), OnnxLoader(), StateDictLoader(), SafetensorsLoader()):
+    for loader in (
+        DefaultLoader(),
+        TimmLoader(),
+        SmpLoader(),
+        OnnxLoader(),
+        StateDictLoader(),
+        SafetensorsLoader(),
+    ):
         registrar.add_loader(loader)
     for rule in builtin_rules():
         registrar.add_rule(rule)

@@ -49,17 +49,23 @@ def _friendly_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _parse_shape(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+def _parse_shape(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> tuple[int, ...] | None:
     if value is None:
         return None
     try:
         shape = tuple(int(v) for v in value.replace("x", ",").split(",") if v.strip())
     except ValueError:
-        raise click.BadParameter(f"{value!r}: expected comma-separated integers such as 3,224,224") from None
+        raise click.BadParameter(
+            f"{value!r}: expected comma-separated integers such as 3,224,224"
+        ) from None
     if not shape or any(s < 1 for s in shape):
         raise click.BadParameter(f"{value!r}: every dimension must be a positive integer")
     if len(shape) > 4:
-        raise click.BadParameter(f"{value!r}: give the per-sample shape without the batch, e.g. 3,224,224")
+        raise click.BadParameter(
+            f"{value!r}: give the per-sample shape without the batch, e.g. 3,224,224"
+        )
     return shape
 
 
@@ -83,8 +89,17 @@ def main() -> None:
 
 @main.command()
 @click.argument("source", required=False, default="default")
-@click.option("--weights", type=click.Path(dir_okay=False), help="Local weights (.safetensors/.pt) for timm:/smp: sources.")
-@click.option("--input-shape", callback=_parse_shape, metavar="C,H,W", help="Per-sample input shape (default: the model's own).")
+@click.option(
+    "--weights",
+    type=click.Path(dir_okay=False),
+    help="Local weights (.safetensors/.pt) for timm:/smp: sources.",
+)
+@click.option(
+    "--input-shape",
+    callback=_parse_shape,
+    metavar="C,H,W",
+    help="Per-sample input shape (default: the model's own).",
+)
 @click.option(
     "--method",
     type=click.Choice([m.value for m in ConvMethod]),
@@ -93,10 +108,25 @@ def main() -> None:
     help="Conv formula: paper (first tap, fast), spectral (exact with circular boundary; "
     "slower: one SVD per frequency), or both.",
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda (batched math on GPU).")
-@click.option("--json", "json_path", metavar="PATH|-", help="Write the strict-JSON profile (schema entropy_probe.profile/1); - for stdout.")
-@click.option("--trust-pickle", is_flag=True, help="Allow unpickling a full-model .pt file. Runs its code: only for files you trust.")
-@click.option("--all-layers/--analysed-only", default=True, help="Show skipped and non-analytic layers in the table.")
+@click.option(
+    "--device", default="auto", show_default=True, help="auto, cpu or cuda (batched math on GPU)."
+)
+@click.option(
+    "--json",
+    "json_path",
+    metavar="PATH|-",
+    help="Write the strict-JSON profile (schema entropy_probe.profile/1); - for stdout.",
+)
+@click.option(
+    "--trust-pickle",
+    is_flag=True,
+    help="Allow unpickling a full-model .pt file. Runs its code: only for files you trust.",
+)
+@click.option(
+    "--all-layers/--analysed-only",
+    default=True,
+    help="Show skipped and non-analytic layers in the table.",
+)
 @_friendly_errors
 def profile(
     source: str,
@@ -118,7 +148,12 @@ def profile(
     from entropy_probe.api import profile as run_profile
 
     result = run_profile(
-        source, weights=weights, input_shape=input_shape, method=method, device=device, trust_pickle=trust_pickle
+        source,
+        weights=weights,
+        input_shape=input_shape,
+        method=method,
+        device=device,
+        trust_pickle=trust_pickle,
     )
     if json_path:
         text = json.dumps(result.to_dict(), indent=2, allow_nan=False)
@@ -158,9 +193,17 @@ def _print_profile(result: Profile, *, all_layers: bool) -> None:
         console.print(f"[yellow]note:[/yellow] {note}")
     table = Table(show_lines=False, header_style="bold")
     for col, justify in (
-        ("#", "right"), ("layer", "left"), ("kind", "left"), ("weight", "left"), ("out", "left"),
-        ("pos", "right"), ("ΔH", "right"), ("ΔH/dim", "right"), ("shape", "right"),
-        ("ΔH spectral", "right"), ("status", "left"),
+        ("#", "right"),
+        ("layer", "left"),
+        ("kind", "left"),
+        ("weight", "left"),
+        ("out", "left"),
+        ("pos", "right"),
+        ("ΔH", "right"),
+        ("ΔH/dim", "right"),
+        ("shape", "right"),
+        ("ΔH spectral", "right"),
+        ("status", "left"),
     ):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     shown = 0
@@ -169,24 +212,37 @@ def _print_profile(result: Profile, *, all_layers: bool) -> None:
             continue
         shown += 1
         status = str(layer.status)
-        style = {Status.SINGULAR: "red", Status.SKIPPED: "dim", Status.NOT_ANALYTIC: "dim"}.get(layer.status, "")
+        style = {Status.SINGULAR: "red", Status.SKIPPED: "dim", Status.NOT_ANALYTIC: "dim"}.get(
+            layer.status, ""
+        )
         if layer.folded_into:
             status = f"folded→{layer.folded_into}"
             style = "dim"
         elif layer.folded_batchnorm:
             status = "ok (+BN)"
         table.add_row(
-            str(index), layer.name, layer.kind, _shape(layer.weight_shape), _shape(layer.out_shape),
+            str(index),
+            layer.name,
+            layer.kind,
+            _shape(layer.weight_shape),
+            _shape(layer.out_shape),
             str(layer.positions) if layer.positions is not None else "—",
-            _fmt(layer.delta_h, 1), _fmt(layer.delta_h_per_dim), _fmt(layer.spectral_shape),
-            _fmt(layer.delta_h_spectral, 1), status, style=style,
+            _fmt(layer.delta_h, 1),
+            _fmt(layer.delta_h_per_dim),
+            _fmt(layer.spectral_shape),
+            _fmt(layer.delta_h_spectral, 1),
+            status,
+            style=style,
         )
     console.print(table)
     counts: dict[str, int] = {}
     for layer in result.layers:
         counts[str(layer.status)] = counts.get(str(layer.status), 0) + 1
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    console.print(f"{len(result.layers)} layers ({summary}); total ΔH = {_fmt(result.total_delta_h(), 1)} nats")
+    console.print(
+        f"{len(result.layers)} layers ({summary}); "
+        f"total ΔH = {_fmt(result.total_delta_h(), 1)} nats"
+    )
 
 
 @main.group(name="list")
@@ -216,7 +272,10 @@ def list_rules() -> None:
     registry = get_registry()
     for kind in registry.rules.names():
         types = sorted(t.__name__ for t, k in registry.module_kinds.items() if k == kind)
-        click.echo(f"{kind:18s} {', '.join(types) or '(ONNX / plugin only)'}  (from {registry.rules.owner(kind)})")
+        click.echo(
+            f"{kind:18s} {', '.join(types) or '(ONNX / plugin only)'}"
+            f"  (from {registry.rules.owner(kind)})"
+        )
 
 
 @main.command()

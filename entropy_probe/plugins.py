@@ -114,7 +114,9 @@ def build_registry(*, autoload: bool | None = None) -> PluginRegistry:
         try:
             obj = ep.load()
         except Exception as exc:
-            raise PluginError(f"cannot import plugin: {exc}", plugin=ep.name, distribution=dist) from exc
+            raise PluginError(
+                f"cannot import plugin: {exc}", plugin=ep.name, distribution=dist
+            ) from exc
         _call_register(obj, PluginRegistrar(registry, ep.name), dist)
         registry.plugins[ep.name] = dist
     return registry

@@ -55,9 +55,7 @@ def _rank_tolerance(dtype: torch.dtype, m: int, n: int) -> float:
     return max(m, n) * eps
 
 
-def sum_log_singular_values(
-    mats: Tensor, method: LogDetMethod | str = LogDetMethod.AUTO
-) -> Tensor:
+def sum_log_singular_values(mats: Tensor, method: LogDetMethod | str = LogDetMethod.AUTO) -> Tensor:
     """Σ_i log σ_i over the last two dimensions of a batch of matrices.
 
     ``mats`` has shape ``(..., m, n)``; the result has shape ``(...)`` in float64. The sum runs
@@ -184,7 +182,7 @@ def conv_first_tap_matrices(weight: Tensor, groups: int = 1) -> Tensor:
     singular values the transposed layer shares.
     """
     nd = _check_conv_weight(weight, groups)
-    tap = weight[(slice(None), slice(None), *([0] * nd))]
+    tap = weight.reshape(weight.shape[0], weight.shape[1], -1)[:, :, 0]  # tap (0, ..., 0)
     return tap.reshape(groups, weight.shape[0] // groups, weight.shape[1])
 
 
@@ -325,9 +323,7 @@ def _used_phase_columns(
     return (channels + phases[None, :]).reshape(-1)
 
 
-def batchnorm_scale(
-    running_var: Tensor, weight: Tensor | None = None, eps: float = 1e-5
-) -> Tensor:
+def batchnorm_scale(running_var: Tensor, weight: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     """Per-channel multiplier γ_c / sqrt(var_c + ε) of an eval-mode BatchNorm (float64)."""
     scale = torch.rsqrt(precise(running_var) + eps)
     return scale if weight is None else precise(weight) * scale

@@ -154,7 +154,9 @@ class _Pending:
     raw_per_position: float | None = None
 
 
-def _evaluate_terms(items: Sequence[tuple[PaperTerms, int]], device: torch.device) -> dict[int, tuple[float, float]]:
+def _evaluate_terms(
+    items: Sequence[tuple[PaperTerms, int]], device: torch.device
+) -> dict[int, tuple[float, float]]:
     """Σ log σ and Σ σ² per item, with all matrices of one shape decomposed in one batched call.
 
     ``items`` are (terms, key); the result maps key → (sum_log, sum_sq).
@@ -222,7 +224,9 @@ def compute_profile(
             bn = by_name[record.folded_batchnorm].batchnorm
             if bn is not None:
                 raw_terms = rule.paper_terms(record, weight)
-                weight = rule.fold(record, weight, F.batchnorm_scale(bn.running_var, bn.weight, bn.eps))
+                weight = rule.fold(
+                    record, weight, F.batchnorm_scale(bn.running_var, bn.weight, bn.eps)
+                )
         try:
             terms = rule.paper_terms(record, weight if weight is not None else torch.empty(0))
         except EntropyProbeError as exc:
@@ -270,7 +274,9 @@ def compute_profile(
         )
 
     layers = [finished[i] for i in range(len(records))]
-    analysed = [i for i, layer in enumerate(layers) if layer.analysed and layer.kind != LayerKind.BATCHNORM]
+    analysed = [
+        i for i, layer in enumerate(layers) if layer.analysed and layer.kind != LayerKind.BATCHNORM
+    ]
     for rank, i in enumerate(analysed):
         depth = rank / (len(analysed) - 1) if len(analysed) > 1 else 0.0
         layers[i] = replace(layers[i], depth=depth)

@@ -40,14 +40,19 @@ def parse_source(source: str, registry: PluginRegistry | None = None) -> tuple[s
                 raise SourceError(f"{scheme}: needs a name or path after the colon")
             return scheme, ident
         if not Path(source).exists():
-            raise SourceError(loaders.unknown_message(scheme).replace("loader scheme", "source scheme"))
+            raise SourceError(
+                loaders.unknown_message(scheme).replace("loader scheme", "source scheme")
+            )
     path = Path(source).expanduser()
     if path.is_dir():
         claimants = [n for n in loaders.names() if loaders.get(n).claims_directory(path)]
         if len(claimants) == 1:
             return claimants[0], str(path)
         if claimants:
-            raise SourceError(f"{path} could be read by {', '.join(claimants)}: prefix it, e.g. {claimants[0]}:{path}")
+            raise SourceError(
+                f"{path} could be read by {', '.join(claimants)}: "
+                f"prefix it, e.g. {claimants[0]}:{path}"
+            )
         raise SourceError(
             f"{path} is a directory but not a timm or SMP save_pretrained directory "
             "(no config.json with 'architecture' or '_model_class')"

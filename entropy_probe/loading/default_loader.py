@@ -18,6 +18,9 @@ class DefaultLoader(Loader):
             format="default",
             module=load_default_model(),
             input_shape=options.input_shape or tuple(info.input_shape),
-            notes=[f"embedded default model: {info.name}, held-out accuracy {info.accuracy:.2%} on {info.dataset}"],
+            notes=[
+                f"embedded default model: {info.name}, "
+                f"held-out accuracy {info.accuracy:.2%} on {info.dataset}"
+            ],
             meta={"architecture": info.name},
         )

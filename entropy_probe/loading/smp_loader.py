@@ -19,7 +19,9 @@ def _smp() -> Any:
     try:
         import segmentation_models_pytorch as smp
     except ImportError as exc:  # pragma: no cover - a dependency
-        raise SourceError("segmentation-models-pytorch is not installed: pip install segmentation-models-pytorch") from exc
+        raise SourceError(
+            "segmentation-models-pytorch is not installed: pip install segmentation-models-pytorch"
+        ) from exc
     return smp
 
 
@@ -31,7 +33,9 @@ def _closest(name: str, valid: list[str], what: str) -> UnknownNameError:
 
 def parse_smp_ident(smp: Any, ident: str) -> tuple[str, str]:
     if "/" not in ident:
-        raise SourceError(f"SMP sources are smp:ARCH/ENCODER (e.g. smp:Unet/resnet34), got smp:{ident}")
+        raise SourceError(
+            f"SMP sources are smp:ARCH/ENCODER (e.g. smp:Unet/resnet34), got smp:{ident}"
+        )
     arch, encoder = ident.split("/", 1)
     archs = sorted(smp.MODEL_ARCHITECTURES_MAPPING)
     if arch.lower() not in archs:
@@ -59,13 +63,19 @@ class SmpLoader(Loader):
         if path.is_dir():
             return self._load_dir(smp, path, options)
         arch, encoder = parse_smp_ident(smp, ident)
-        state = read_weights(options.weights, trust_pickle=options.trust_pickle) if options.weights else None
+        state = (
+            read_weights(options.weights, trust_pickle=options.trust_pickle)
+            if options.weights
+            else None
+        )
         kwargs: dict[str, Any] = {"encoder_weights": None}
         if state is not None:
             head = state.get("segmentation_head.0.weight")
             if head is not None:
                 kwargs["classes"] = int(head.shape[0])
-            stem = next((v for k, v in state.items() if k.startswith("encoder.") and v.dim() == 4), None)
+            stem = next(
+                (v for k, v in state.items() if k.startswith("encoder.") and v.dim() == 4), None
+            )
             if stem is not None:
                 kwargs["in_channels"] = int(stem.shape[1])
         model = smp.create_model(arch, encoder_name=encoder, **kwargs)
@@ -98,14 +108,25 @@ class SmpLoader(Loader):
         try:
             model = smp.create_model(arch, **init)
         except (TypeError, KeyError, ValueError) as exc:
-            raise SourceError(f"{path}/config.json does not describe a valid {arch}: {exc}") from exc
+            raise SourceError(
+                f"{path}/config.json does not describe a valid {arch}: {exc}"
+            ) from exc
         weights = options.weights or find_weight_file(path)
-        load_into(model, read_weights(weights, trust_pickle=options.trust_pickle), str(path), strict=options.strict)
+        load_into(
+            model,
+            read_weights(weights, trust_pickle=options.trust_pickle),
+            str(path),
+            strict=options.strict,
+        )
         in_ch = int(init.get("in_channels", 3))
         return LoadedModel(
             source=str(path),
             format="smp",
             module=model.eval(),
             input_shape=options.input_shape or (in_ch, *DEFAULT_SPATIAL),
-            meta={"architecture": arch, "encoder": init.get("encoder_name"), "directory": str(path)},
+            meta={
+                "architecture": arch,
+                "encoder": init.get("encoder_name"),
+                "directory": str(path),
+            },
         )

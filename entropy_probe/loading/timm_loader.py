@@ -31,7 +31,8 @@ def _check_name(timm: Any, name: str) -> None:
     close = difflib.get_close_matches(base, timm.list_models(), n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise UnknownNameError(
-        f"unknown timm model {name!r}.{hint} `python -c \"import timm; print(timm.list_models('*res*'))\"` lists names."
+        f"unknown timm model {name!r}.{hint} "
+        "`python -c \"import timm; print(timm.list_models('*res*'))\"` lists names."
     )
 
 
@@ -57,7 +58,8 @@ def read_config(directory: Path) -> dict[str, Any]:
     if not cfg_path.is_file():
         raise SourceError(
             f"{directory} has no config.json: it is not a save_pretrained directory. "
-            "Point at the weights file instead, or give the architecture (timm:NAME --weights FILE)."
+            "Point at the weights file instead, or give the architecture "
+            "(timm:NAME --weights FILE)."
         )
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
@@ -85,7 +87,11 @@ class TimmLoader(Loader):
         if path.is_dir():
             return self._load_dir(timm, path, options)
         _check_name(timm, ident)
-        state = read_weights(options.weights, trust_pickle=options.trust_pickle) if options.weights else None
+        state = (
+            read_weights(options.weights, trust_pickle=options.trust_pickle)
+            if options.weights
+            else None
+        )
         kwargs: dict[str, Any] = {}
         if state is not None:
             kwargs = _head_kwargs(timm, ident, state)
@@ -117,7 +123,12 @@ class TimmLoader(Loader):
         kwargs = {k: cfg[k] for k in ("num_classes", "in_chans") if k in cfg}
         model = timm.create_model(arch, pretrained=False, **kwargs)
         weights = options.weights or find_weight_file(path)
-        load_into(model, read_weights(weights, trust_pickle=options.trust_pickle), str(path), strict=options.strict)
+        load_into(
+            model,
+            read_weights(weights, trust_pickle=options.trust_pickle),
+            str(path),
+            strict=options.strict,
+        )
         return LoadedModel(
             source=str(path),
             format="timm",
@@ -137,6 +148,10 @@ def _head_kwargs(timm: Any, name: str, state: dict[str, Any]) -> dict[str, Any]:
         kwargs["num_classes"] = int(head.shape[0])
     first = probe.default_cfg.get("first_conv") if hasattr(probe, "default_cfg") else None
     stem = state.get(f"{first}.weight") if isinstance(first, str) else None
-    if stem is not None and stem.dim() >= 2 and stem.shape[1] != probe.default_cfg.get("input_size", (3,))[0]:
+    if (
+        stem is not None
+        and stem.dim() >= 2
+        and stem.shape[1] != probe.default_cfg.get("input_size", (3,))[0]
+    ):
         kwargs["in_chans"] = int(stem.shape[1])
     return kwargs

@@ -46,7 +46,9 @@ def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
     )
 
 
-def read_torch_file(path: str | Path, *, trust_pickle: bool = False) -> dict[str, Tensor] | nn.Module:
+def read_torch_file(
+    path: str | Path, *, trust_pickle: bool = False
+) -> dict[str, Tensor] | nn.Module:
     """Read a torch checkpoint safely; a full pickled model is refused unless trusted."""
     p = existing_file(path)
     try:
@@ -55,7 +57,8 @@ def read_torch_file(path: str | Path, *, trust_pickle: bool = False) -> dict[str
         if not trust_pickle:
             raise SourceError(
                 f"{p} contains pickled Python objects (e.g. a whole model), and unpickling can run "
-                "arbitrary code, so it was not loaded. Save `model.state_dict()` with torch.save or "
+                "arbitrary code, so it was not loaded. Save `model.state_dict()` with "
+                "torch.save or "
                 "safetensors instead, or pass --trust-pickle if you trust its author."
             ) from exc
         warnings.warn(
@@ -77,7 +80,8 @@ def read_safetensors(path: str | Path) -> dict[str, Tensor]:
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(p), device="cpu")
+        state: dict[str, Tensor] = load_file(str(p), device="cpu")
+        return state
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SourceError(f"cannot read {p} as safetensors: {first}") from exc
@@ -127,7 +131,9 @@ class StateDictLoader(Loader):
     def load(self, ident: str, options: LoadOptions) -> LoadedModel:
         obj = read_torch_file(ident, trust_pickle=options.trust_pickle)
         if isinstance(obj, nn.Module):
-            return LoadedModel(source=ident, format="torch", module=obj.eval(), input_shape=options.input_shape)
+            return LoadedModel(
+                source=ident, format="torch", module=obj.eval(), input_shape=options.input_shape
+            )
         return _bare(ident, "torch", obj, options)
 
 
@@ -149,6 +155,7 @@ def _bare(ident: str, fmt: str, state: dict[str, Tensor], options: LoadOptions) 
         notes=[
             "a state dict has no architecture: per-dimension values only, positions unknown "
             "(null). Give the architecture to get whole-layer values, e.g. "
-            "`entropy-probe profile timm:resnet18 --weights FILE` or `smp:Unet/resnet34 --weights FILE`."
+            "`entropy-probe profile timm:resnet18 --weights FILE` "
+            "or `smp:Unet/resnet34 --weights FILE`."
         ],
     )

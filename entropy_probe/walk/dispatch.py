@@ -11,7 +11,9 @@ from entropy_probe.walk.records import LayerRecord
 from entropy_probe.walk.state_dict import walk_state_dict
 
 
-def walk(loaded: LoadedModel, registry: PluginRegistry, *, example: Tensor | None = None) -> list[LayerRecord]:
+def walk(
+    loaded: LoadedModel, registry: PluginRegistry, *, example: Tensor | None = None
+) -> list[LayerRecord]:
     """Records for every weighted layer of ``loaded``, whatever its format."""
     if loaded.module is not None:
         return walk_module(loaded.module, loaded.input_shape, registry, example=example)

@@ -125,9 +125,7 @@ def walk_module(
     folded_by_layer = {layer: bn for bn, layer in trace.folded.items()}
     executed = [n for n in trace.order if n in set(candidates)]
     ordered = executed + [n for n in candidates if n not in trace.calls]
-    return [
-        _record(name, named[name], kinds[name], trace, folded_by_layer) for name in ordered
-    ]
+    return [_record(name, named[name], kinds[name], trace, folded_by_layer) for name in ordered]
 
 
 def _record(
@@ -155,10 +153,11 @@ def _record(
         else:
             status = Status.SKIPPED
             reason = (
-                f"no rule for {type(module).__name__} (parameters: {params}); "
-                "a plugin can add one"
+                f"no rule for {type(module).__name__} (parameters: {params}); a plugin can add one"
             )
-        return LayerRecord(kind=type(module).__name__.lower(), status=status, reason=reason, **common)
+        return LayerRecord(
+            kind=type(module).__name__.lower(), status=status, reason=reason, **common
+        )
     if kind == LayerKind.BATCHNORM:
         var = getattr(module, "running_var", None)
         if not isinstance(var, Tensor):

@@ -41,7 +41,11 @@ def walk_state_dict(state: Mapping[str, Tensor]) -> list[LayerRecord]:
         elif tensor.dim() in _RANK_KIND:
             records.append(
                 LayerRecord(
-                    name=name, kind=_RANK_KIND[tensor.dim()], op_type="state_dict", weight=tensor, reason=NO_ARCH
+                    name=name,
+                    kind=_RANK_KIND[tensor.dim()],
+                    op_type="state_dict",
+                    weight=tensor,
+                    reason=NO_ARCH,
                 )
             )
         else:
