@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from collections.abc import Callable, Sequence
 from functools import wraps
@@ -20,17 +21,6 @@ from entropy_probe.enums import ConvMethod, Status
 from entropy_probe.errors import EntropyProbeError
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-SOURCE_HELP = """SOURCE is one of:
-
-\b
-  (nothing)              the embedded default model (an MNIST-5k CNN)
-  timm:NAME              a timm architecture, e.g. timm:resnet18 (+ --weights FILE)
-  smp:ARCH/ENCODER       an SMP model, e.g. smp:Unet/resnet34 (+ --weights FILE)
-  PATH.onnx              an ONNX model (weights read from the graph, no conversion)
-  PATH.safetensors|.pt   a state dict (per-dimension values only: no architecture)
-  DIRECTORY              a timm or SMP save_pretrained directory
-"""
 
 
 def _friendly_errors(func: F) -> F:
@@ -55,7 +45,7 @@ def _parse_shape(
     if value is None:
         return None
     try:
-        shape = tuple(int(v) for v in value.replace("x", ",").split(",") if v.strip())
+        shape = tuple(int(v) for v in re.split(r"[,x×]", value.strip()))
     except ValueError:
         raise click.BadParameter(
             f"{value!r}: expected comma-separated integers such as 3,224,224"
@@ -144,6 +134,15 @@ def profile(
     Columns: ΔH (nats, whole layer, paper method), ΔH/dim (mean log singular value,
     comparable across widths), shape (scale-free: 0 = isometry up to scale), ΔH spectral
     (exact with circular boundary). An eval BatchNorm right after a layer is folded into it.
+
+    \b
+    SOURCE is one of:
+      (nothing)              the embedded default model (an MNIST-5k CNN)
+      timm:NAME              a timm architecture, e.g. timm:resnet18 (+ --weights FILE)
+      smp:ARCH/ENCODER       an SMP model, e.g. smp:Unet/resnet34 (+ --weights FILE)
+      PATH.onnx              an ONNX model (weights read from the graph, no conversion)
+      PATH.safetensors|.pt   a state dict (per-dimension values only: no architecture)
+      DIRECTORY              a timm or SMP save_pretrained directory
     """
     from entropy_probe.api import profile as run_profile
 
@@ -164,9 +163,6 @@ def profile(
     _print_profile(result, all_layers=all_layers)
     if json_path:
         click.echo(f"wrote {json_path}", err=True)
-
-
-profile.__doc__ = (profile.__doc__ or "") + "\n" + SOURCE_HELP
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:

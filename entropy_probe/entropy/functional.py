@@ -181,7 +181,7 @@ def conv_first_tap_matrices(weight: Tensor, groups: int = 1) -> Tensor:
     ``(C_in, C_out/g, *k)`` is passed as is: it *is* the weight of the adjoint conv, whose
     singular values the transposed layer shares.
     """
-    nd = _check_conv_weight(weight, groups)
+    _check_conv_weight(weight, groups)
     tap = weight.reshape(weight.shape[0], weight.shape[1], -1)[:, :, 0]  # tap (0, ..., 0)
     return tap.reshape(groups, weight.shape[0] // groups, weight.shape[1])
 

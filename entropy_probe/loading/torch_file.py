@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import struct
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -54,6 +55,10 @@ def read_torch_file(
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc) and "unsupported global" not in str(exc).lower():
+            raise SourceError(
+                f"cannot read {p} as a torch checkpoint: corrupt or not torch"
+            ) from exc
         if not trust_pickle:
             raise SourceError(
                 f"{p} contains pickled Python objects (e.g. a whole model), and unpickling can run "
@@ -66,7 +71,18 @@ def read_torch_file(
             stacklevel=2,
         )
         obj = torch.load(p, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except (
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        OSError,
+        ValueError,
+        KeyError,
+        IndexError,
+        TypeError,
+        AttributeError,
+        struct.error,
+    ) as exc:  # torch's weights-only unpickler raises all of these on garbage bytes
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SourceError(f"cannot read {p} as a torch checkpoint: {first}") from exc
     if isinstance(obj, nn.Module):

@@ -32,7 +32,7 @@ class _Trace:
     out_shape: dict[str, Shape] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)
     folded: dict[str, str] = field(default_factory=dict)  # batchnorm name -> layer name
-    last_weighted: tuple[str, Tensor] | None = None
+    last_weighted: tuple[str, Tensor, int] | None = None  # name, output, its version
     last_name: str = ""
 
 
@@ -90,11 +90,12 @@ def walk_module(
                 kind == LayerKind.BATCHNORM
                 and trace.last_weighted is not None
                 and x is trace.last_weighted[1]
+                and x._version == trace.last_weighted[2]  # no in-place op (ReLU) in between
                 and name not in trace.folded
             ):
                 trace.folded[name] = trace.last_weighted[0]
             if kind in weighted_kinds and isinstance(y, Tensor):
-                trace.last_weighted = (name, y)
+                trace.last_weighted = (name, y, y._version)
 
         return hook
 

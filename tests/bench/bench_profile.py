@@ -1,0 +1,108 @@
+"""Benchmark: `entropy-probe profile` vs WeightWatcher's default ``analyze()``, same model, same run.
+
+Run on demand (not part of the test suite)::
+
+    pip install weightwatcher
+    python tests/bench/bench_profile.py --out bench_profile.json
+
+Both tools get the same in-memory timm model (random init: timing does not depend on training).
+Times are wall-clock; entropy_probe's is the best of ``--repeat`` runs and includes the traced
+forward pass, WeightWatcher's is one run of ``analyze()`` with its defaults. Compare the ratio,
+not absolute seconds: the machines are shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+import warnings
+from typing import Any
+
+import torch
+
+
+def _best_of(repeat: int, fn: Any) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def bench_model(name: str, *, device: str, repeat: int, spectral: bool, ww: bool) -> dict[str, Any]:
+    import timm
+
+    from entropy_probe import LoadedModel, profile_loaded
+
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False).eval()
+    shape = tuple(model.pretrained_cfg["input_size"])
+    loaded = LoadedModel(source=f"timm:{name}", format="timm", module=model, input_shape=shape)
+    result = profile_loaded(loaded, method="paper", device=device)  # warm-up
+    row: dict[str, Any] = {
+        "model": name,
+        "params": sum(p.numel() for p in model.parameters()),
+        "analysed_layers": len(result.analysed),
+        "device": result.device,
+        "paper_s": _best_of(repeat, lambda: profile_loaded(loaded, method="paper", device=device)),
+    }
+    if spectral:
+        row["spectral_s"] = _best_of(
+            1, lambda: profile_loaded(loaded, method="spectral", device=device)
+        )
+    if ww:
+        import weightwatcher
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            watcher = weightwatcher.WeightWatcher(model=model)
+            start = time.perf_counter()
+            details = watcher.analyze()
+            row["weightwatcher_s"] = time.perf_counter() - start
+            row["weightwatcher_layers"] = len(details)
+        row["ratio_ww_over_paper"] = row["weightwatcher_s"] / row["paper_s"]
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["resnet50", "vit_base_patch16_224"])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--no-spectral", action="store_true")
+    parser.add_argument("--no-weightwatcher", action="store_true")
+    parser.add_argument("--out", help="write the results as JSON here")
+    args = parser.parse_args()
+    rows = [
+        bench_model(
+            name,
+            device=args.device,
+            repeat=args.repeat,
+            spectral=not args.no_spectral,
+            ww=not args.no_weightwatcher,
+        )
+        for name in args.models
+    ]
+    meta = {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "platform": platform.platform(),
+        "loadavg_1min": os.getloadavg()[0],
+    }
+    for row in rows:
+        cells = [f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()]
+        print("  ".join(cells))
+    print(json.dumps(meta))
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as handle:
+            json.dump({"meta": meta, "rows": rows}, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
