@@ -55,7 +55,12 @@ def _rank_tolerance(dtype: torch.dtype, m: int, n: int) -> float:
     return max(m, n) * eps
 
 
-def sum_log_singular_values(mats: Tensor, method: LogDetMethod | str = LogDetMethod.AUTO) -> Tensor:
+def sum_log_singular_values(
+    mats: Tensor,
+    method: LogDetMethod | str = LogDetMethod.AUTO,
+    *,
+    tolerance_dtype: torch.dtype | None = None,
+) -> Tensor:
     """Σ_i log σ_i over the last two dimensions of a batch of matrices.
 
     ``mats`` has shape ``(..., m, n)``; the result has shape ``(...)`` in float64. The sum runs
@@ -64,7 +69,8 @@ def sum_log_singular_values(mats: Tensor, method: LogDetMethod | str = LogDetMet
     matrices whose Gram matrix is not numerically positive definite (a failed Cholesky, or a
     pivot at rounding level relative to ‖A‖_F). A matrix that is
     numerically rank deficient (σ_min ≤ σ_max·max(m, n)·eps of the input dtype, numpy's
-    ``matrix_rank`` rule) gives ``-inf``.
+    ``matrix_rank`` rule) gives ``-inf``. ``tolerance_dtype`` overrides the dtype whose eps is
+    used, for matrices derived in float64 from lower-precision weights (BatchNorm folding).
     """
     method = LogDetMethod(method)
     if mats.dim() < 2:
@@ -72,7 +78,7 @@ def sum_log_singular_values(mats: Tensor, method: LogDetMethod | str = LogDetMet
     m, n = mats.shape[-2], mats.shape[-1]
     if m == 0 or n == 0:
         raise ShapeError(f"cannot take singular values of an empty {m}×{n} matrix")
-    tol = _rank_tolerance(mats.dtype, m, n)
+    tol = _rank_tolerance(tolerance_dtype or mats.dtype, m, n)
     A = precise(mats).contiguous()  # batched matmul on a strided view is ~8× slower
     if method is LogDetMethod.SVD:
         return _svd_sum_log(A, tol)

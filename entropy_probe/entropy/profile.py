@@ -155,27 +155,29 @@ class _Pending:
 
 
 def _evaluate_terms(
-    items: Sequence[tuple[PaperTerms, int]], device: torch.device
+    items: Sequence[tuple[PaperTerms, int, torch.dtype]], device: torch.device
 ) -> dict[int, tuple[float, float]]:
     """Σ log σ and Σ σ² per item, with all matrices of one shape decomposed in one batched call.
 
-    ``items`` are (terms, key); the result maps key → (sum_log, sum_sq).
+    ``items`` are (terms, key, dtype of the stored weights — whose precision sets the rank
+    tolerance, even when a BatchNorm fold made the matrices float64); the result maps
+    key → (sum_log, sum_sq).
     """
-    by_shape: dict[tuple[int, int], list[tuple[int, Tensor]]] = defaultdict(list)
+    by_shape: dict[tuple[int, int, torch.dtype], list[tuple[int, Tensor]]] = defaultdict(list)
     out: dict[int, list[float]] = {}
-    for terms, key in items:
+    for terms, key, dtype in items:
         out[key] = [0.0, 0.0]
         if terms.matrices is not None:
             mats = terms.matrices
-            by_shape[(mats.shape[-2], mats.shape[-1])].append((key, mats))
+            by_shape[(mats.shape[-2], mats.shape[-1], dtype)].append((key, mats))
         else:
             assert terms.value is not None and terms.sq_norm is not None
             out[key] = [float(terms.value), float(terms.sq_norm)]
-    for group in by_shape.values():
+    for (_, _, dtype), group in by_shape.items():
         keys = [key for key, mats in group for _ in range(mats.shape[0])]
         batch = torch.cat([F.precise(mats.detach()).to(device) for _, mats in group])
-        logs = F.sum_log_singular_values(batch).cpu().tolist()
-        sqs = batch.abs().pow(2).sum(dim=(-2, -1)).cpu().tolist()
+        logs = F.sum_log_singular_values(batch, tolerance_dtype=dtype).cpu().tolist()
+        sqs = F.precise(batch).abs().pow(2).sum(dim=(-2, -1)).cpu().tolist()
         for key, log_value, sq in zip(keys, logs, sqs, strict=True):
             out[key][0] += log_value
             out[key][1] += sq
@@ -224,9 +226,8 @@ def compute_profile(
             bn = by_name[record.folded_batchnorm].batchnorm
             if bn is not None:
                 raw_terms = rule.paper_terms(record, weight)
-                weight = rule.fold(
-                    record, weight, F.batchnorm_scale(bn.running_var, bn.weight, bn.eps)
-                )
+                scale = F.batchnorm_scale(bn.running_var, bn.weight, bn.eps)
+                weight = rule.fold(record, weight, scale)
         try:
             terms = rule.paper_terms(record, weight if weight is not None else torch.empty(0))
         except EntropyProbeError as exc:
@@ -234,8 +235,12 @@ def compute_profile(
             continue
         pending[index] = _Pending(record, rule, weight, terms, raw_terms)
 
-    items = [(p.terms, 2 * i) for i, p in pending.items()]
-    items += [(p.raw_terms, 2 * i + 1) for i, p in pending.items() if p.raw_terms is not None]
+    items = [(p.terms, 2 * i, _stored_dtype(p.record)) for i, p in pending.items()]
+    items += [
+        (p.raw_terms, 2 * i + 1, _stored_dtype(p.record))
+        for i, p in pending.items()
+        if p.raw_terms is not None
+    ]
     values = _evaluate_terms(items, dev)
 
     for index, p in pending.items():
@@ -294,6 +299,14 @@ def compute_profile(
         elapsed_s=time.perf_counter() - start,
         notes=tuple(notes),
     )
+
+
+def _stored_dtype(record: LayerRecord) -> torch.dtype:
+    if record.weight is not None and record.weight.is_floating_point():
+        return record.weight.dtype
+    if record.batchnorm is not None:
+        return record.batchnorm.running_var.dtype
+    return torch.float64
 
 
 def _base_entry(record: LayerRecord) -> LayerEntropy:

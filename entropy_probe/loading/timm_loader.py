@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -120,8 +121,18 @@ class TimmLoader(Loader):
         if not isinstance(arch, str):
             raise SourceError(f"{path}/config.json has no 'architecture': not a timm directory")
         _check_name(timm, arch)
-        kwargs = {k: cfg[k] for k in ("num_classes", "in_chans") if k in cfg}
+        model_args = cfg.get("model_args") if isinstance(cfg.get("model_args"), dict) else {}
+        kwargs = {**model_args, **{k: cfg[k] for k in ("num_classes", "in_chans") if k in cfg}}
         model = timm.create_model(arch, pretrained=False, **kwargs)
+        saved_cfg = cfg.get("pretrained_cfg")
+        saved_size = saved_cfg.get("input_size") if isinstance(saved_cfg, dict) else None
+        img_size = model_args.get("img_size")
+        if options.input_shape is None and img_size is not None:
+            hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+            chans = int(kwargs.get("in_chans", saved_size[0] if saved_size else 3))
+            options = replace(options, input_shape=(chans, *(int(v) for v in hw)))
+        elif options.input_shape is None and saved_size:
+            options = replace(options, input_shape=tuple(int(s) for s in saved_size))
         weights = options.weights or find_weight_file(path)
         load_into(
             model,

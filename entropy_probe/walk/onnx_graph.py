@@ -80,6 +80,15 @@ def layer_tensors(
 def _walk(model: Any, input_shape: Sequence[int] | None) -> list[tuple[LayerRecord, Any]]:
     graph = model.graph
     shapes = _infer_shapes(model, input_shape)
+    missing = [
+        name
+        for node in graph.node
+        if node.op_type in _SHAPED_OPS
+        for name in (node.input[0], node.output[0])
+        if name not in shapes
+    ]
+    if missing and input_shape is not None:
+        shapes.update(_runtime_shapes(model, input_shape, missing))
     consts = _Constants(graph)
     built: list[tuple[LayerRecord, Any]] = []
     used: set[str] = set()
@@ -288,6 +297,44 @@ def _infer_shapes(model: Any, input_shape: Sequence[int] | None) -> dict[str, Sh
             continue
         shapes[vi.name] = tuple(int(d.dim_value) for d in dims[1:])
     return shapes
+
+
+_SHAPED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization"})
+
+
+def _runtime_shapes(
+    model: Any, input_shape: Sequence[int], names: Sequence[str]
+) -> dict[str, Shape]:
+    """Shapes that static inference could not determine (e.g. a Reshape target built through
+    Cast at opset < 13), read off one batch-1 onnxruntime run. Best effort: {} on failure."""
+    try:
+        import numpy as np
+        import onnx
+        import onnxruntime as ort
+
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        inits = {t.name for t in probe.graph.initializer}
+        real = [i for i in probe.graph.input if i.name not in inits]
+        if len(real) != 1:
+            return {}
+        present = {o.name for o in probe.graph.output}
+        for name in dict.fromkeys(names):
+            if name not in present:
+                probe.graph.output.append(onnx.ValueInfoProto(name=name))
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(
+            probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        x = np.random.default_rng(0).standard_normal((1, *input_shape)).astype(np.float32)
+        outputs = session.run(list(dict.fromkeys(names)), {real[0].name: x})
+    except Exception:  # shapes stay unknown; the layer then has positions=None
+        return {}
+    return {
+        name: tuple(int(d) for d in out.shape[1:])
+        for name, out in zip(dict.fromkeys(names), outputs, strict=True)
+    }
 
 
 def _numel(dims: Iterable[int]) -> int:

@@ -1,4 +1,4 @@
-"""Benchmark: `entropy-probe profile` vs WeightWatcher's default ``analyze()``, same model, same run.
+"""Benchmark: `entropy-probe profile` vs WeightWatcher's ``analyze()`` on the same model.
 
 Run on demand (not part of the test suite)::
 
@@ -19,6 +19,7 @@ import os
 import platform
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -100,8 +101,7 @@ def main() -> None:
         print("  ".join(cells))
     print(json.dumps(meta))
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as handle:
-            json.dump({"meta": meta, "rows": rows}, handle, indent=2)
+        Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
