@@ -53,12 +53,12 @@ IGNORE_EXPORT_DEPRECATION = pytest.mark.filterwarnings("ignore::DeprecationWarni
 # helpers
 
 
-
 def folded_paper_log_volume(folded: torch.Tensor, groups: int, stored: torch.dtype) -> float:
     """Paper value of a BN-folded weight; numerical rank judged in the stored weights'
     precision (what an exporter folding in that dtype would see)."""
     taps = F.conv_first_tap_matrices(folded, groups)
     return float(F.sum_log_singular_values(taps, tolerance_dtype=stored).sum())
+
 
 def _package_dir(pkg: str) -> Path | None:
     """The package's folder, found without importing it (importing may need cv2)."""
