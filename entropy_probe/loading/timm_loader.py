@@ -121,7 +121,8 @@ class TimmLoader(Loader):
         if not isinstance(arch, str):
             raise SourceError(f"{path}/config.json has no 'architecture': not a timm directory")
         _check_name(timm, arch)
-        model_args = cfg.get("model_args") if isinstance(cfg.get("model_args"), dict) else {}
+        raw_args = cfg.get("model_args")
+        model_args: dict[str, Any] = raw_args if isinstance(raw_args, dict) else {}
         kwargs = {**model_args, **{k: cfg[k] for k in ("num_classes", "in_chans") if k in cfg}}
         model = timm.create_model(arch, pretrained=False, **kwargs)
         saved_cfg = cfg.get("pretrained_cfg")
