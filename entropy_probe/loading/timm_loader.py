@@ -123,7 +123,8 @@ class TimmLoader(Loader):
         _check_name(timm, arch)
         raw_args = cfg.get("model_args")
         model_args: dict[str, Any] = raw_args if isinstance(raw_args, dict) else {}
-        kwargs = {**model_args, **{k: cfg[k] for k in ("num_classes", "in_chans") if k in cfg}}
+        kwargs: dict[str, Any] = dict(model_args)
+        kwargs.update({k: cfg[k] for k in ("num_classes", "in_chans") if k in cfg})
         model = timm.create_model(arch, pretrained=False, **kwargs)
         saved_cfg = cfg.get("pretrained_cfg")
         saved_size = saved_cfg.get("input_size") if isinstance(saved_cfg, dict) else None
