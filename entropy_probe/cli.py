@@ -8,6 +8,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from functools import wraps
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -163,6 +164,82 @@ def profile(
     _print_profile(result, all_layers=all_layers)
     if json_path:
         click.echo(f"wrote {json_path}", err=True)
+
+
+@main.command()
+@click.argument("source", required=False, default="default")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(),
+    default="entropy_report.html",
+    show_default=True,
+    help="Where to write the HTML report (written atomically: never a partial file).",
+)
+@click.option(
+    "--weights",
+    type=click.Path(dir_okay=False),
+    help="Local weights (.safetensors/.pt) for timm:/smp: sources.",
+)
+@click.option(
+    "--input-shape",
+    callback=_parse_shape,
+    metavar="C,H,W",
+    help="Per-sample input shape (default: the model's own).",
+)
+@click.option(
+    "--method",
+    type=click.Choice([m.value for m in ConvMethod]),
+    default="both",
+    show_default=True,
+    help="Conv formula: paper (first tap, fast), spectral (exact with circular boundary; "
+    "slower: one SVD per frequency), or both (plots paper vs spectral).",
+)
+@click.option(
+    "--device", default="auto", show_default=True, help="auto, cpu or cuda (batched math on GPU)."
+)
+@click.option(
+    "--trust-pickle",
+    is_flag=True,
+    help="Allow unpickling a full-model .pt file. Runs its code: only for files you trust.",
+)
+@_friendly_errors
+def report(
+    source: str,
+    output: str,
+    weights: str | None,
+    input_shape: tuple[int, ...] | None,
+    method: str,
+    device: str,
+    trust_pickle: bool,
+) -> None:
+    """Write a self-contained HTML entropy report of SOURCE.
+
+    \b
+    One file with the model summary, per-layer ΔH plots over depth (paper and spectral), the
+    cumulative entropy curve, a sortable, filterable layer table and the formulas used.
+    Scripts, styles and plots are inline: it opens offline and fetches nothing.
+    SOURCE is given as for `entropy-probe profile` (nothing = the embedded default model).
+    """
+    from entropy_probe.api import profile as run_profile
+    from entropy_probe.report import write_report
+
+    target = Path(output)
+    if target.is_dir():
+        raise EntropyProbeError(f"-o {output}: is a directory; give a file such as report.html")
+    result = run_profile(
+        source,
+        weights=weights,
+        input_shape=input_shape,
+        method=method,
+        device=device,
+        trust_pickle=trust_pickle,
+    )
+    try:
+        write_report(result, target)
+    except OSError as exc:
+        raise EntropyProbeError(f"cannot write {output}: {exc.strerror or exc}") from None
+    click.echo(f"wrote {output} ({target.stat().st_size / 1024:.0f} KiB)", err=True)
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
