@@ -5,11 +5,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from entropy_probe.entropy.profile import Profile, compute_profile
+import numpy as np
+from torch import Tensor
+
+from entropy_probe.entropy.profile import (
+    LayerEntropy,
+    Profile,
+    compute_profile,
+    resolve_device,
+    with_empirical,
+)
 from entropy_probe.enums import ConvMethod
 from entropy_probe.loading import DEFAULT_SOURCE, LoadedModel, LoadOptions, load_model
 from entropy_probe.plugins import get_registry
 from entropy_probe.walk.dispatch import walk
+
+DataArg = str | Path | Tensor | np.ndarray | None
+"""What ``data=`` accepts: a built-in dataset name, an image folder or ``.npy`` file, or an
+array/tensor shaped ``(N, *input_shape)``."""
 
 
 def profile_loaded(
@@ -17,11 +30,32 @@ def profile_loaded(
     *,
     method: ConvMethod | str = ConvMethod.PAPER,
     device: str = "auto",
+    data: DataArg = None,
+    samples: int = 256,
+    batch_size: int = 32,
+    estimator: str = "gaussian",
+    k: int = 3,
+    progress: bool = True,
 ) -> Profile:
-    """The entropy profile of an already loaded model."""
+    """The entropy profile of an already loaded model.
+
+    With ``data`` (a built-in dataset name, an image folder, a ``.npy`` array shaped
+    ``(N, *input_shape)``, or a tensor) up to ``samples`` real inputs stream through the model
+    in batches of ``batch_size`` and every measured layer gets ``empirical`` (DESIGN.md 2.4):
+    entropies per dimension by ``estimator`` (``gaussian`` or ``knn`` with ``k`` neighbours),
+    and activations, pooling and residual additions get rows of their own (status
+    ``not_analytic``). Without ``data`` nothing is measured.
+    """
     registry = get_registry()
+    inputs = None
+    if data is not None:
+        from entropy_probe.empirical.estimators import get_estimator
+        from entropy_probe.empirical.inputs import load_inputs
+
+        get_estimator(estimator)  # fail on a bad name before any work
+        inputs = load_inputs(data, loaded, samples=samples)
     records = walk(loaded, registry)
-    return compute_profile(
+    result = compute_profile(
         records,
         registry.rules,
         source=loaded.source,
@@ -33,6 +67,54 @@ def profile_loaded(
         pretrained=loaded.pretrained,
         notes=loaded.notes,
     )
+    if inputs is None:
+        return result
+    from entropy_probe.empirical.capture import measure
+    from entropy_probe.enums import Status
+
+    measured = measure(
+        loaded,
+        records,
+        inputs.inputs,
+        estimator=estimator,
+        k=k,
+        batch_size=batch_size,
+        progress=progress,
+        device=resolve_device(device),
+    )
+    rows = [
+        (
+            row.anchor,
+            LayerEntropy(
+                name=row.name,
+                kind=row.kind,
+                op_type=row.op_type,
+                status=Status(row.status),
+                reason=row.reason,
+                in_shape=row.in_shape,
+                out_shape=row.out_shape,
+                empirical=row.empirical,
+            ),
+        )
+        for row in measured.rows
+    ]
+    shown = (
+        f"{measured.estimator} (k={measured.k})"
+        if measured.estimator == "knn"
+        else (measured.estimator)
+    )
+    note = (
+        f"empirical entropy: {shown} estimator on {inputs.description}; entropies per "
+        "dimension of a seeded orthonormal random projection to d = min(D, N/2, "
+        f"{measured.max_dims}) dims (DESIGN.md 2.4)"
+    )
+    return with_empirical(
+        result,
+        measured.by_record,
+        rows,
+        notes=[note],
+        meta={"empirical": {**measured.meta(), "data": inputs.description}},
+    )
 
 
 def profile(
@@ -43,8 +125,15 @@ def profile(
     method: ConvMethod | str = ConvMethod.PAPER,
     device: str = "auto",
     trust_pickle: bool = False,
+    data: DataArg = None,
+    samples: int = 256,
+    batch_size: int = 32,
+    estimator: str = "gaussian",
+    k: int = 3,
+    progress: bool = True,
 ) -> Profile:
-    """Load ``source`` and compute its entropy profile.
+    """Load ``source`` and compute its entropy profile (``data`` etc.: see
+    :func:`profile_loaded`).
 
     >>> from entropy_probe import profile
     >>> p = profile("default")              # the embedded MNIST CNN
@@ -56,4 +145,14 @@ def profile(
         input_shape=tuple(int(s) for s in input_shape) if input_shape is not None else None,
         trust_pickle=trust_pickle,
     )
-    return profile_loaded(load_model(source, options), method=method, device=device)
+    return profile_loaded(
+        load_model(source, options),
+        method=method,
+        device=device,
+        data=data,
+        samples=samples,
+        batch_size=batch_size,
+        estimator=estimator,
+        k=k,
+        progress=progress,
+    )

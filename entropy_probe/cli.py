@@ -17,7 +17,7 @@ from rich.table import Table
 
 from entropy_probe import __version__
 from entropy_probe._io import atomic_write_text
-from entropy_probe.entropy.profile import Profile
+from entropy_probe.entropy.profile import LayerEntropy, Profile
 from entropy_probe.enums import ConvMethod, Status
 from entropy_probe.errors import EntropyProbeError
 
@@ -78,64 +78,7 @@ def main() -> None:
     """
 
 
-@main.command()
-@click.argument("source", required=False, default="default")
-@click.option(
-    "--weights",
-    type=click.Path(dir_okay=False),
-    help="Local weights (.safetensors/.pt) for timm:/smp: sources.",
-)
-@click.option(
-    "--input-shape",
-    callback=_parse_shape,
-    metavar="C,H,W",
-    help="Per-sample input shape (default: the model's own).",
-)
-@click.option(
-    "--method",
-    type=click.Choice([m.value for m in ConvMethod]),
-    default="paper",
-    show_default=True,
-    help="Conv formula: paper (first tap, fast), spectral (exact with circular boundary; "
-    "slower: one SVD per frequency), or both.",
-)
-@click.option(
-    "--device", default="auto", show_default=True, help="auto, cpu or cuda (batched math on GPU)."
-)
-@click.option(
-    "--json",
-    "json_path",
-    metavar="PATH|-",
-    help="Write the strict-JSON profile (schema entropy_probe.profile/1); - for stdout.",
-)
-@click.option(
-    "--trust-pickle",
-    is_flag=True,
-    help="Allow unpickling a full-model .pt file. Runs its code: only for files you trust.",
-)
-@click.option(
-    "--all-layers/--analysed-only",
-    default=True,
-    help="Show skipped and non-analytic layers in the table.",
-)
-@_friendly_errors
-def profile(
-    source: str,
-    weights: str | None,
-    input_shape: tuple[int, ...] | None,
-    method: str,
-    device: str,
-    json_path: str | None,
-    trust_pickle: bool,
-    all_layers: bool,
-) -> None:
-    """Per-layer entropy change of SOURCE, from its weights.
-
-    \b
-    Columns: ΔH (nats, whole layer, paper method), ΔH/dim (mean log singular value,
-    comparable across widths), shape (scale-free: 0 = isometry up to scale), ΔH spectral
-    (exact with circular boundary). An eval BatchNorm right after a layer is folded into it.
-
+_SOURCE_HELP = """
     \b
     SOURCE is one of:
       (nothing)              the embedded default model (an MNIST-5k CNN)
@@ -144,17 +87,136 @@ def profile(
       PATH.onnx              an ONNX model (weights read from the graph, no conversion)
       PATH.safetensors|.pt   a state dict (per-dimension values only: no architecture)
       DIRECTORY              a timm or SMP save_pretrained directory
-    """
+
+    \b
+    --data measures entropy from real activations (see README): a built-in dataset
+    (mnist5k, digits, nuclei), an image folder (resized and normalised to the model's input)
+    or a .npy array shaped (N, *input_shape).
+"""
+
+
+def _model_options(method_default: str) -> Callable[[F], F]:
+    """The options every command that loads and profiles a model shares."""
+    from entropy_probe.empirical.estimators import estimator_names
+
+    options = [
+        click.argument("source", required=False, default="default"),
+        click.option(
+            "--weights",
+            type=click.Path(dir_okay=False),
+            help="Local weights (.safetensors/.pt) for timm:/smp: sources.",
+        ),
+        click.option(
+            "--input-shape",
+            callback=_parse_shape,
+            metavar="C,H,W",
+            help="Per-sample input shape (default: the model's own).",
+        ),
+        click.option(
+            "--method",
+            type=click.Choice([m.value for m in ConvMethod]),
+            default=method_default,
+            show_default=True,
+            help="Conv formula: paper (first tap, fast), spectral (exact with circular "
+            "boundary; slower: one SVD per frequency), or both.",
+        ),
+        click.option(
+            "--device",
+            default="auto",
+            show_default=True,
+            help="auto, cpu or cuda (batched math and activations on GPU).",
+        ),
+        click.option(
+            "--trust-pickle",
+            is_flag=True,
+            help="Allow unpickling a full-model .pt file. Runs its code: only for files you trust.",
+        ),
+        click.option(
+            "--data",
+            metavar="NAME|DIR|FILE.npy",
+            help="Real inputs for the empirical entropy: mnist5k, digits, nuclei, an image "
+            "folder or a .npy array.",
+        ),
+        click.option(
+            "--samples",
+            type=click.IntRange(min=4),
+            default=256,
+            show_default=True,
+            help="How many inputs of --data to use.",
+        ),
+        click.option(
+            "--batch-size",
+            type=click.IntRange(min=1),
+            default=32,
+            show_default=True,
+            help="Forward batch size for --data.",
+        ),
+        click.option(
+            "--estimator",
+            type=click.Choice(estimator_names()),
+            default="gaussian",
+            show_default=True,
+            help="Entropy estimator for --data (gaussian: shrinkage log-det; knn: "
+            "Kozachenko–Leonenko).",
+        ),
+        click.option(
+            "--k", type=click.IntRange(min=1), default=3, show_default=True, help="k of knn."
+        ),
+    ]
+
+    def apply(func: F) -> F:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return apply
+
+
+def _run_profile(opts: dict[str, Any]) -> Profile:
     from entropy_probe.api import profile as run_profile
 
-    result = run_profile(
-        source,
-        weights=weights,
-        input_shape=input_shape,
-        method=method,
-        device=device,
-        trust_pickle=trust_pickle,
+    return run_profile(
+        opts["source"],
+        weights=opts["weights"],
+        input_shape=opts["input_shape"],
+        method=opts["method"],
+        device=opts["device"],
+        trust_pickle=opts["trust_pickle"],
+        data=opts["data"],
+        samples=opts["samples"],
+        batch_size=opts["batch_size"],
+        estimator=opts["estimator"],
+        k=opts["k"],
+        progress=sys.stderr.isatty(),
     )
+
+
+@main.command(
+    help="""Per-layer entropy change of SOURCE, from its weights (and activations).
+
+    \b
+    Columns: ΔH (nats, whole layer, paper method), ΔH/dim (mean log singular value,
+    comparable across widths), shape (scale-free: 0 = isometry up to scale), ΔH spectral
+    (exact with circular boundary); with --data, the measured output entropy per dimension
+    and ΔH per dimension. An eval BatchNorm right after a layer is folded into it.
+    """
+    + _SOURCE_HELP
+)
+@_model_options("paper")
+@click.option(
+    "--json",
+    "json_path",
+    metavar="PATH|-",
+    help="Write the strict-JSON profile (schema entropy_probe.profile/1); - for stdout.",
+)
+@click.option(
+    "--all-layers/--analysed-only",
+    default=True,
+    help="Show skipped and non-analytic layers in the table.",
+)
+@_friendly_errors
+def profile(json_path: str | None, all_layers: bool, **opts: Any) -> None:
+    result = _run_profile(opts)
     if json_path:
         text = json.dumps(result.to_dict(), indent=2, allow_nan=False)
         if json_path == "-":
@@ -166,8 +228,18 @@ def profile(
         click.echo(f"wrote {json_path}", err=True)
 
 
-@main.command()
-@click.argument("source", required=False, default="default")
+@main.command(
+    help="""Write a self-contained HTML entropy report of SOURCE.
+
+    \b
+    One file with the model summary, per-layer ΔH plots over depth (paper and spectral), the
+    cumulative entropy curve, analytic vs empirical entropy (with --data), a sortable,
+    filterable layer table and the formulas used. Scripts, styles and plots are inline: it
+    opens offline and fetches nothing.
+    """
+    + _SOURCE_HELP
+)
+@_model_options("both")
 @click.option(
     "-o",
     "--output",
@@ -176,65 +248,14 @@ def profile(
     show_default=True,
     help="Where to write the HTML report (written atomically: never a partial file).",
 )
-@click.option(
-    "--weights",
-    type=click.Path(dir_okay=False),
-    help="Local weights (.safetensors/.pt) for timm:/smp: sources.",
-)
-@click.option(
-    "--input-shape",
-    callback=_parse_shape,
-    metavar="C,H,W",
-    help="Per-sample input shape (default: the model's own).",
-)
-@click.option(
-    "--method",
-    type=click.Choice([m.value for m in ConvMethod]),
-    default="both",
-    show_default=True,
-    help="Conv formula: paper (first tap, fast), spectral (exact with circular boundary; "
-    "slower: one SVD per frequency), or both (plots paper vs spectral).",
-)
-@click.option(
-    "--device", default="auto", show_default=True, help="auto, cpu or cuda (batched math on GPU)."
-)
-@click.option(
-    "--trust-pickle",
-    is_flag=True,
-    help="Allow unpickling a full-model .pt file. Runs its code: only for files you trust.",
-)
 @_friendly_errors
-def report(
-    source: str,
-    output: str,
-    weights: str | None,
-    input_shape: tuple[int, ...] | None,
-    method: str,
-    device: str,
-    trust_pickle: bool,
-) -> None:
-    """Write a self-contained HTML entropy report of SOURCE.
-
-    \b
-    One file with the model summary, per-layer ΔH plots over depth (paper and spectral), the
-    cumulative entropy curve, a sortable, filterable layer table and the formulas used.
-    Scripts, styles and plots are inline: it opens offline and fetches nothing.
-    SOURCE is given as for `entropy-probe profile` (nothing = the embedded default model).
-    """
-    from entropy_probe.api import profile as run_profile
+def report(output: str, **opts: Any) -> None:
     from entropy_probe.report import write_report
 
     target = Path(output)
     if target.is_dir():
         raise EntropyProbeError(f"-o {output}: is a directory; give a file such as report.html")
-    result = run_profile(
-        source,
-        weights=weights,
-        input_shape=input_shape,
-        method=method,
-        device=device,
-        trust_pickle=trust_pickle,
-    )
+    result = _run_profile(opts)
     try:
         write_report(result, target)
     except OSError as exc:
@@ -248,6 +269,11 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     if math.isinf(value):
         return "−inf" if value < 0 else "inf"
     return f"{value:.{digits}f}" if abs(value) < 1e5 else f"{value:.4g}"
+
+
+def _empirical_cells(layer: LayerEntropy) -> tuple[str, str]:
+    emp = layer.empirical or {}
+    return _fmt(emp.get("h_out_per_dim")), _fmt(emp.get("delta_h_per_dim"))
 
 
 def _shape(shape: Sequence[int] | None) -> str:
@@ -264,6 +290,7 @@ def _print_profile(result: Profile, *, all_layers: bool) -> None:
     )
     for note in result.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
+    measured = any(layer.empirical for layer in result.layers)
     table = Table(show_lines=False, header_style="bold")
     for col, justify in (
         ("#", "right"),
@@ -276,9 +303,10 @@ def _print_profile(result: Profile, *, all_layers: bool) -> None:
         ("ΔH/dim", "right"),
         ("shape", "right"),
         ("ΔH spectral", "right"),
+        *((("H out/dim emp", "right"), ("ΔH/dim emp", "right")) if measured else ()),
         ("status", "left"),
     ):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+        table.add_column(col, justify=justify)
     shown = 0
     for index, layer in enumerate(result.layers):
         if not all_layers and not layer.analysed:
@@ -304,6 +332,7 @@ def _print_profile(result: Profile, *, all_layers: bool) -> None:
             _fmt(layer.delta_h_per_dim),
             _fmt(layer.spectral_shape),
             _fmt(layer.delta_h_spectral, 1),
+            *(_empirical_cells(layer) if measured else ()),
             status,
             style=style,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -322,4 +322,38 @@ def _base_entry(record: LayerRecord) -> LayerEntropy:
         folded_batchnorm=record.folded_batchnorm,
         folded_into=record.folded_into,
         calls=record.calls,
+    )
+
+
+def with_empirical(
+    profile: Profile,
+    empirical: Mapping[str, dict[str, Any]],
+    rows: Sequence[tuple[str | None, LayerEntropy]] = (),
+    *,
+    notes: Sequence[str] = (),
+    meta: Mapping[str, Any] | None = None,
+) -> Profile:
+    """``profile`` with measured entropies merged in (DESIGN.md 2.4).
+
+    ``empirical`` maps a layer name to its ``empirical`` dict; ``rows`` are (anchor, row) for
+    measured layers that are not records (activations, pooling, residual adds): each goes
+    right after the layer named ``anchor`` (``None``: before the first layer; an anchor that
+    is not a layer: at the end), rows of one anchor in the given order. Existing layers keep
+    their order and every other field.
+    """
+    after: dict[str | None, list[LayerEntropy]] = defaultdict(list)
+    for anchor, row in rows:
+        after[anchor].append(row)
+    merged: list[LayerEntropy] = list(after.pop(None, []))
+    for layer in profile.layers:
+        found = empirical.get(layer.name)
+        merged.append(replace(layer, empirical=dict(found)) if found is not None else layer)
+        merged.extend(after.pop(layer.name, []))
+    for leftover in after.values():
+        merged.extend(leftover)
+    return replace(
+        profile,
+        layers=tuple(merged),
+        notes=(*profile.notes, *notes),
+        meta={**profile.meta, **(meta or {})},
     )

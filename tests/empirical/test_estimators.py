@@ -1,0 +1,230 @@
+"""Estimators on Gaussians whose entropy is known, the projection, the registry, CUDA."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from entropy_probe.empirical.estimators import (
+    RandomProjection,
+    entropy_per_dim,
+    estimate,
+    estimate_many,
+    estimator_names,
+    gaussian_entropy,
+    get_estimator,
+    knn_entropy,
+    ledoit_wolf,
+    projection_dims,
+    wishart_bias,
+)
+from entropy_probe.errors import EntropyProbeError, UnknownNameError
+
+HALF_LOG_2PIE = 0.5 * math.log(2 * math.pi * math.e)
+
+
+def gaussian_samples(n: int, eigenvalues: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """N samples of N(0, Σ) with Σ = Q·diag(eigenvalues)·Qᵀ for a random rotation Q."""
+    gen = torch.Generator().manual_seed(seed)
+    d = eigenvalues.numel()
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
+    z = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    samples: torch.Tensor = (z * eigenvalues.sqrt()) @ q.T
+    return samples
+
+
+def exact_per_dim(eigenvalues: torch.Tensor) -> float:
+    return HALF_LOG_2PIE + 0.5 * float(torch.log(eigenvalues).mean())
+
+
+# --------------------------------------------------------------------------- known Gaussians
+
+
+def test_gaussian_estimator_on_anisotropic_gaussian() -> None:
+    # Σ with eigenvalues log-spaced over [0.1, 10], N = 4000, d = 8. The plug-in log det is
+    # biased by wishart_bias(4000, 8) = −0.0007 per dim; Ledoit–Wolf shrinkage (ρ of order
+    # d/N = 0.002) adds at most ½ρ(μ·mean(1/λ) − 1) ≈ +0.004; the standard deviation of
+    # ½ log det S / d is sqrt(Σψ'((N−i)/2))/(2d) ≈ sqrt(2d/N)/(2d) ≈ 0.004. Tolerance 0.02 is
+    # four standard deviations plus both biases.
+    eig = torch.logspace(-1, 1, 8, dtype=torch.float64)
+    for seed in range(3):
+        x = gaussian_samples(4000, eig, seed)
+        assert float(gaussian_entropy(x)) == pytest.approx(exact_per_dim(eig), abs=0.02)
+
+
+def test_gaussian_estimator_isotropic_high_dim() -> None:
+    # d = N/2, the most the projection allows: the unshrunk estimate is biased by exactly
+    # wishart_bias(256, 128) = −0.158 per dim; Ledoit–Wolf shrinks isotropic data almost fully
+    # to the (accurate) mean variance, removing that bias: within 0.03 (sd of ½ log μ ≈
+    # sqrt(1/(2Nd)) = 0.004, plus the residual shrinkage bias).
+    eig = torch.full((128,), 2.5, dtype=torch.float64)
+    x = gaussian_samples(256, eig, seed=1)
+    assert float(gaussian_entropy(x)) == pytest.approx(exact_per_dim(eig), abs=0.03)
+    unshrunk = float(gaussian_entropy(x, shrinkage=False))
+    bias = wishart_bias(256, 128)
+    assert bias == pytest.approx(-0.1575, abs=1e-3)
+    assert unshrunk - exact_per_dim(eig) == pytest.approx(bias, abs=0.03)
+
+
+def test_knn_estimator_on_gaussians() -> None:
+    # Kozachenko–Leonenko with k = 3 at low dimension: measured bias −0.007 per dim at
+    # N = 4000 for d = 2…8 and a standard deviation ≤ 0.017 per estimate (5 seeds); a
+    # tolerance of 0.06 is over three standard deviations plus the bias.
+    for d, seed in ((2, 0), (4, 1), (8, 2)):
+        eig = torch.logspace(-0.5, 0.5, d, dtype=torch.float64)
+        x = gaussian_samples(4000, eig, seed)
+        assert float(knn_entropy(x, k=3)) == pytest.approx(exact_per_dim(eig), abs=0.06)
+
+
+def test_knn_k_changes_the_estimate_but_not_the_target() -> None:
+    eig = torch.ones(3, dtype=torch.float64)
+    x = gaussian_samples(3000, eig, seed=4)
+    values = [float(knn_entropy(x, k=k)) for k in (1, 3, 10)]
+    assert len(set(values)) == 3
+    for v in values:
+        assert v == pytest.approx(exact_per_dim(eig), abs=0.07)
+
+
+def test_knn_chunking_gives_the_same_result() -> None:
+    x = gaussian_samples(517, torch.linspace(0.5, 2.0, 6, dtype=torch.float64), seed=5)
+    whole = knn_entropy(x, k=3, chunk_size=517)
+    for chunk in (1, 7, 64, 1000):
+        torch.testing.assert_close(knn_entropy(x, k=3, chunk_size=chunk), whole, rtol=0, atol=1e-12)
+    torch.testing.assert_close(knn_entropy(x, k=3), whole, rtol=0, atol=1e-12)
+
+
+def test_ledoit_wolf_matches_sklearn() -> None:
+    sklearn_cov = pytest.importorskip("sklearn.covariance")
+    x = gaussian_samples(300, torch.logspace(-1, 1, 20, dtype=torch.float64), seed=6)
+    ours, rho = ledoit_wolf(x)
+    theirs, shrinkage = sklearn_cov.ledoit_wolf(x.numpy())
+    assert float(rho) == pytest.approx(float(shrinkage), rel=1e-10)
+    torch.testing.assert_close(ours, torch.from_numpy(theirs), rtol=1e-10, atol=1e-12)
+
+
+def test_unshrunk_gaussian_is_exactly_equivariant() -> None:
+    # S_Y = W S_X Wᵀ exactly, so without shrinkage ΔH per dim is log|det W|/n to rounding,
+    # whatever the data and however ill-conditioned W is.
+    gen = torch.Generator().manual_seed(7)
+    w = torch.randn(16, 16, generator=gen, dtype=torch.float64)
+    x = torch.rand(200, 16, generator=gen, dtype=torch.float64)  # not even Gaussian
+    delta = gaussian_entropy(x @ w.T, shrinkage=False) - gaussian_entropy(x, shrinkage=False)
+    exact = torch.linalg.slogdet(w)[1] / 16
+    assert float(delta) == pytest.approx(float(exact), abs=1e-9)
+
+
+def test_degenerate_data_gives_minus_inf_never_nan() -> None:
+    const = torch.ones(50, 4, dtype=torch.float64)
+    assert float(gaussian_entropy(const)) == -math.inf
+    assert float(gaussian_entropy(const, shrinkage=False)) == -math.inf
+    dup = torch.cat([torch.randn(20, 3, dtype=torch.float64)] * 2)
+    assert float(knn_entropy(dup, k=1)) == -math.inf
+    flat = torch.zeros(50, 4, dtype=torch.float64)
+    flat[:, 0] = torch.randn(50, dtype=torch.float64)  # rank 1 in 4 dims: shrinkage keeps it finite
+    assert math.isfinite(float(gaussian_entropy(flat)))
+    assert float(gaussian_entropy(flat, shrinkage=False)) == -math.inf
+
+
+def test_batched_gaussian_matches_one_at_a_time() -> None:
+    eig = torch.logspace(-1, 1, 5, dtype=torch.float64)
+    sets = [gaussian_samples(60, eig, seed) for seed in range(4)]
+    sets[2] = torch.ones(60, 5, dtype=torch.float64)  # constant: −inf, the others unaffected
+    batched = gaussian_entropy(torch.stack(sets))
+    assert batched.shape == (4,)
+    for i, z in enumerate(sets):
+        assert float(batched[i]) == pytest.approx(float(gaussian_entropy(z)), abs=1e-12)
+    assert float(batched[2]) == -math.inf
+    mixed = [*sets, gaussian_samples(30, eig[:3], seed=9)]
+    for name in ("gaussian", "knn"):
+        many = estimate_many(name, mixed, k=2, max_batch_bytes=5000)  # several stacked calls
+        assert many == pytest.approx([float(estimate(name, z, k=2)) for z in mixed], abs=1e-12)
+
+
+# --------------------------------------------------------------------------- projection
+
+
+def test_projection_dims() -> None:
+    assert projection_dims(10, 256) == 10
+    assert projection_dims(10_000, 256) == 128
+    assert projection_dims(10_000, 4096) == 256
+    assert projection_dims(10_000, 4096, max_dims=None) == 2048
+    with pytest.raises(EntropyProbeError):
+        projection_dims(10, 1)
+
+
+def test_projection_is_orthonormal_and_seeded() -> None:
+    proj = RandomProjection(300, 40, seed=3)
+    q = proj(torch.eye(300, dtype=torch.float64))  # the composite matrix, (D, d)
+    torch.testing.assert_close(q.T @ q, torch.eye(40, dtype=torch.float64), atol=1e-6, rtol=0)
+    again = RandomProjection(300, 40, seed=3)
+    assert again.matrix is not None and proj.matrix is not None
+    assert torch.equal(again.matrix, proj.matrix)
+    other = RandomProjection(301, 40, seed=3)
+    assert other.matrix is not None and not torch.equal(other.matrix[:300], proj.matrix)
+    assert RandomProjection(40, 40).is_identity
+
+
+def test_projection_preserves_isotropic_entropy_per_dim() -> None:
+    # N(0, 3·I) in D = 256 dims, projected to d = 64: the orthonormal projection keeps the
+    # per-dim entropy (tolerance as in the isotropic test above, 0.015). A raw Gaussian matrix
+    # with N(0, 1/D) entries would not: ½·log det(GᵀG)/d ≈ ½[(1 − D/d)·log(1 − d/D) − 1] =
+    # −0.068 per dim (Marchenko–Pastur at d/D = 1/4).
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(4000, 256, generator=gen, dtype=torch.float64) * math.sqrt(3.0)
+    exact = HALF_LOG_2PIE + 0.5 * math.log(3.0)
+    h = float(entropy_per_dim(x, "gaussian", max_dims=64))
+    assert h == pytest.approx(exact, abs=0.015)
+    proj = RandomProjection(256, 64, seed=0)
+    assert proj.matrix is not None
+    raw = float(gaussian_entropy(x.float() @ (proj.matrix / math.sqrt(256))))
+    assert raw - exact < -0.04
+
+
+def test_same_projection_for_equal_dims_makes_scaling_exact() -> None:
+    # input and output of equal D share one projection, so a scaling by c reads exactly log c
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(200, 1000, generator=gen, dtype=torch.float64)
+    for name in ("gaussian", "knn"):
+        delta = entropy_per_dim(2.5 * x, name) - entropy_per_dim(x, name)
+        assert float(delta) == pytest.approx(math.log(2.5), abs=1e-5)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def test_registry() -> None:
+    assert estimator_names() == ["gaussian", "knn"]
+    assert get_estimator("knn").options == ("k",)
+    x = gaussian_samples(500, torch.ones(3, dtype=torch.float64))
+    assert float(estimate("knn", x, k=5)) == float(knn_entropy(x, k=5))
+    assert float(estimate("gaussian", x, k=5)) == float(gaussian_entropy(x))
+    with pytest.raises(UnknownNameError, match="did you mean 'knn'"):
+        get_estimator("knnn")
+    with pytest.raises(EntropyProbeError, match="k must be a positive integer"):
+        knn_entropy(x, k=0)
+    with pytest.raises(EntropyProbeError, match=r"need at least 4 samples"):
+        knn_entropy(x[:3], k=3)
+
+
+# --------------------------------------------------------------------------- CUDA
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_estimators_on_cuda_match_cpu() -> None:
+    x = gaussian_samples(700, torch.logspace(-1, 1, 12, dtype=torch.float64), seed=10)
+    for name in ("gaussian", "knn"):
+        cpu = estimate(name, x)
+        gpu = estimate(name, x.cuda())
+        assert gpu.device.type == "cuda"
+        assert float(gpu) == pytest.approx(float(cpu), abs=1e-9)
+    torch.testing.assert_close(
+        knn_entropy(x.cuda(), chunk_size=13).cpu(), knn_entropy(x), rtol=0, atol=1e-9
+    )
+    proj = RandomProjection(5000, 64, device="cuda")
+    q = proj(torch.eye(5000, device="cuda"))
+    torch.testing.assert_close(
+        q.T @ q, torch.eye(64, dtype=torch.float64, device="cuda"), atol=1e-5, rtol=0
+    )

