@@ -50,6 +50,7 @@ from entropy_probe.enums import Status
 from entropy_probe.errors import EntropyProbeError, ShapeError, SourceError
 from entropy_probe.loading._base import LoadedModel
 from entropy_probe.walk.hooks import forward_hooks
+from entropy_probe.walk.module_walker import first_tensor
 from entropy_probe.walk.records import LayerRecord, Shape
 
 __all__ = ["EmpiricalResult", "NewRow", "measure"]
@@ -410,19 +411,6 @@ def is_non_analytic_module(module: nn.Module) -> bool:
     return isinstance(module, nn.Upsample | nn.PixelShuffle | nn.PixelUnshuffle)
 
 
-def _first_tensor(value: Any) -> Tensor | None:
-    if isinstance(value, Tensor):
-        return value
-    if isinstance(value, list | tuple):
-        for item in value:
-            found = _first_tensor(item)
-            if found is not None:
-                return found
-    if isinstance(value, dict):
-        return _first_tensor(list(value.values()))
-    return None
-
-
 @contextmanager
 def _pre_hooks(modules: dict[str, nn.Module], hooks: dict[str, Any]) -> Iterator[None]:
     handles: list[RemovableHandle] = []
@@ -482,7 +470,7 @@ def _capture_module(
             calls[name] = call
             stack.setdefault(name, []).append(call)
             if wanted(name, call):
-                store.record((name, call, "in"), _first_tensor(args))
+                store.record((name, call, "in"), first_tensor(args))
 
         return pre
 
@@ -490,7 +478,7 @@ def _capture_module(
         def post(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
             call = stack[name].pop() if stack.get(name) else calls.get(name, 1)
             if wanted(name, call):
-                store.record((name, call, "out"), _first_tensor(output))
+                store.record((name, call, "out"), first_tensor(output))
                 if store.first_batch:
                     events.append((name, call))
 

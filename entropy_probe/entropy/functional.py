@@ -91,23 +91,30 @@ def sum_log_singular_values(
     # about sqrt(k·eps64)·‖A‖_F where an exact zero belongs, and a finite value came out.
     # Pivots below 1e3 times that count as failures (there the Gram route, which squares the
     # condition number, has lost most of its digits): the SVD and its rank tolerance decide.
-    frob = torch.diagonal(gram, dim1=-2, dim2=-1).real.sum(-1).sqrt()
+    line_sq = torch.diagonal(gram, dim1=-2, dim2=-1).real  # squared row (column) norms
+    frob = line_sq.sum(-1).sqrt()
     floor = max(tol, 1e3 * math.sqrt(k * torch.finfo(torch.float64).eps))
     bad = (info != 0) | (diag.amin(-1) <= floor * frob)
-    if not bool(bad.any()):
+    # σ_min ≤ the smallest row (column) norm and σ_max ≥ the largest: a line that small is
+    # rank deficiency by the tolerance rule without an SVD (e.g. a BatchNorm with γ = 0 folded in).
+    deficient = line_sq.amin(-1) <= tol**2 * line_sq.amax(-1)
+    bad = bad & ~deficient
+    if not bool(bad.any()) and not bool(deficient.any()):
         return torch.log(diag).sum(-1)
-    if method is LogDetMethod.CHOLESKY:
+    if method is LogDetMethod.CHOLESKY and bool((bad | deficient).any()):
         raise ShapeError(
-            f"{int(bad.sum())} matrix(es) are not numerically full rank; use method='auto' or 'svd'"
+            f"{int((bad | deficient).sum())} matrix(es) are not numerically full rank; "
+            "use method='auto' or 'svd'"
         )
     # Redo the Cholesky on a safe input so no NaN can leak into gradients, then overwrite the
     # failed entries with the SVD value.
     eye = torch.eye(k, dtype=gram.dtype, device=gram.device).expand_as(gram)
-    safe = torch.where(bad[..., None, None], eye, gram)
+    safe = torch.where((bad | deficient)[..., None, None], eye, gram)
     out = torch.log(torch.diagonal(torch.linalg.cholesky(safe), dim1=-2, dim2=-1).real).sum(-1)
     out = out.clone()
-    out[bad] = _svd_sum_log(A[bad], tol)
-    return out
+    if bool(bad.any()):
+        out[bad] = _svd_sum_log(A[bad], tol)
+    return torch.where(deficient, torch.full_like(out, -math.inf), out)
 
 
 @contextmanager

@@ -149,9 +149,13 @@ class _Pending:
     weight: Tensor | None
     terms: PaperTerms
     raw_terms: PaperTerms | None = None
-    per_position: float = math.nan
-    sq_norm: float = math.nan
-    raw_per_position: float | None = None
+    fold_scale: Tensor | None = None
+
+    def effective_weight(self) -> Tensor | None:
+        """The whole kernel with the BatchNorm folded in (only the spectral method needs it)."""
+        if self.weight is None or self.fold_scale is None:
+            return self.weight
+        return self.rule.fold(self.record, self.weight, self.fold_scale)
 
 
 def _evaluate_terms(
@@ -177,7 +181,7 @@ def _evaluate_terms(
         keys = [key for key, mats in group for _ in range(mats.shape[0])]
         batch = torch.cat([F.precise(mats.detach()).to(device) for _, mats in group])
         logs = F.sum_log_singular_values(batch, tolerance_dtype=dtype).cpu().tolist()
-        sqs = F.precise(batch).abs().pow(2).sum(dim=(-2, -1)).cpu().tolist()
+        sqs = (torch.linalg.vector_norm(batch, dim=(-2, -1)) ** 2).cpu().tolist()
         for key, log_value, sq in zip(keys, logs, sqs, strict=True):
             out[key][0] += log_value
             out[key][1] += sq
@@ -221,19 +225,21 @@ def compute_profile(
             finished[index] = replace(base, status=Status.SKIPPED, reason=str(exc))
             continue
         weight = record.weight
-        raw_terms = None
-        if weight is not None and record.folded_batchnorm in by_name:
-            bn = by_name[record.folded_batchnorm].batchnorm
-            if bn is not None:
-                raw_terms = rule.paper_terms(record, weight)
-                scale = F.batchnorm_scale(bn.running_var, bn.weight, bn.eps)
-                weight = rule.fold(record, weight, scale)
+        bn = (
+            by_name[record.folded_batchnorm].batchnorm
+            if record.folded_batchnorm in by_name
+            else None
+        )
+        scale = F.batchnorm_scale(bn.running_var, bn.weight, bn.eps) if bn is not None else None
         try:
             terms = rule.paper_terms(record, weight if weight is not None else torch.empty(0))
+            raw_terms = None
+            if scale is not None:  # fold the first-tap matrices only; the kernel lazily
+                raw_terms, terms = terms, rule.fold_terms(record, terms, scale)
         except EntropyProbeError as exc:
             finished[index] = replace(base, status=Status.SKIPPED, reason=str(exc))
             continue
-        pending[index] = _Pending(record, rule, weight, terms, raw_terms)
+        pending[index] = _Pending(record, rule, weight, terms, raw_terms, scale)
 
     items = [(p.terms, 2 * i, _stored_dtype(p.record)) for i, p in pending.items()]
     items += [
@@ -255,8 +261,9 @@ def compute_profile(
         if p.raw_terms is not None and positions is not None:
             raw = positions * values[2 * index + 1][0]
         spectral = None
-        if method is not ConvMethod.PAPER and p.weight is not None:
-            value = p.rule.spectral_delta_h(p.record, p.weight.to(dev))
+        effective = p.effective_weight() if method is not ConvMethod.PAPER else None
+        if effective is not None:
+            value = p.rule.spectral_delta_h(p.record, effective.to(dev))
             spectral = float(value) * p.record.calls if value is not None else None
         shape = per_dim - 0.5 * math.log(sum_sq / p.terms.dims) if sum_sq > 0 else -math.inf
         reason = p.record.reason

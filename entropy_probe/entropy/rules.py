@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -59,6 +59,28 @@ class LayerRule(ABC):
         return F.fold_batchnorm_into_weight(
             weight, scale, transposed=self.transposed, groups=record.groups
         )
+
+    def fold_terms(self, record: LayerRecord, terms: PaperTerms, scale: Tensor) -> PaperTerms:
+        """``terms`` of the weight with a BatchNorm ``scale`` folded in, without refolding the
+        whole kernel: the matrices' output-channel axis (rows; columns for the ConvTranspose
+        layout) is scaled, group-major. Override when a rule lays its matrices out otherwise.
+        """
+        if terms.matrices is None:
+            raise UnsupportedLayerError(f"layer {record.name!r} has no matrices to fold into")
+        mats = F.precise(terms.matrices)
+        groups = mats.shape[0]
+        axis = -1 if self.transposed else -2
+        if scale.numel() != groups * mats.shape[axis]:
+            raise ShapeError(
+                f"BatchNorm has {scale.numel()} channels, layer {record.name!r} has "
+                f"{groups * mats.shape[axis]}"
+            )
+        shaped = (
+            scale.to(mats.device).reshape(groups, 1, -1)
+            if self.transposed
+            else (scale.to(mats.device).reshape(groups, -1, 1))
+        )
+        return replace(terms, matrices=mats * shaped)
 
     def check(self, record: LayerRecord) -> None:
         """Raise UnsupportedLayerError when the record does not fit this rule."""

@@ -9,7 +9,7 @@ from typing import Any
 
 from entropy_probe.errors import SourceError, UnknownNameError
 from entropy_probe.loading._base import LoadedModel, Loader, LoadOptions
-from entropy_probe.loading.timm_loader import find_weight_file, read_config
+from entropy_probe.loading.timm_loader import config_has_key, find_weight_file, read_config
 from entropy_probe.loading.torch_file import load_into, read_weights
 
 DEFAULT_SPATIAL = (256, 256)
@@ -51,11 +51,7 @@ class SmpLoader(Loader):
     description = "smp:ARCH/ENCODER (+ --weights FILE), or an SMP save_pretrained directory"
 
     def claims_directory(self, path: Path) -> bool:
-        try:
-            cfg = read_config(path)
-        except SourceError:
-            return False
-        return "_model_class" in cfg
+        return config_has_key(path, "_model_class")
 
     def load(self, ident: str, options: LoadOptions) -> LoadedModel:
         smp = _smp()

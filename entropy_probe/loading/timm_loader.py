@@ -71,16 +71,20 @@ def read_config(directory: Path) -> dict[str, Any]:
     return cfg
 
 
+def config_has_key(directory: Path, key: str) -> bool:
+    """True when ``directory/config.json`` is a JSON object with ``key`` (loader sniffing)."""
+    try:
+        return key in read_config(directory)
+    except SourceError:
+        return False
+
+
 class TimmLoader(Loader):
     scheme = "timm"
     description = "timm:NAME architecture (+ --weights FILE), or a timm save_for_hf directory"
 
     def claims_directory(self, path: Path) -> bool:
-        try:
-            cfg = read_config(path)
-        except SourceError:
-            return False
-        return "architecture" in cfg
+        return config_has_key(path, "architecture")
 
     def load(self, ident: str, options: LoadOptions) -> LoadedModel:
         timm = _timm()

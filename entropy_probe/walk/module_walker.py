@@ -36,16 +36,17 @@ class _Trace:
     last_name: str = ""
 
 
-def _first_tensor(value: Any) -> Tensor | None:
+def first_tensor(value: Any) -> Tensor | None:
+    """The first tensor in a (nested) module input/output: tensor, tuple/list, or dict."""
     if isinstance(value, Tensor):
         return value
     if isinstance(value, (list, tuple)):
         for item in value:
-            found = _first_tensor(item)
+            found = first_tensor(item)
             if found is not None:
                 return found
     if isinstance(value, dict):
-        return _first_tensor(list(value.values()))
+        return first_tensor(list(value.values()))
     return None
 
 
@@ -76,7 +77,7 @@ def walk_module(
     def make_hook(name: str) -> Any:
         def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
             trace.last_name = name
-            x, y = _first_tensor(inputs), _first_tensor(output)
+            x, y = first_tensor(inputs), first_tensor(output)
             if name not in trace.calls:
                 trace.order.append(name)
                 trace.calls[name] = 0
