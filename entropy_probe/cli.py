@@ -222,7 +222,12 @@ def profile(json_path: str | None, all_layers: bool, **opts: Any) -> None:
         if json_path == "-":
             click.echo(text)
             return
-        atomic_write_text(json_path, text + "\n")
+        try:
+            atomic_write_text(json_path, text + "\n")
+        except OSError as exc:
+            raise EntropyProbeError(
+                f"cannot write --json {json_path}: {exc.strerror or exc}"
+            ) from None
     _print_profile(result, all_layers=all_layers)
     if json_path:
         click.echo(f"wrote {json_path}", err=True)

@@ -76,8 +76,9 @@ class PluginRegistrar:
         self._registry.module_kinds[module_type] = kind
 
 
-_lock = threading.Lock()
+_lock = threading.RLock()
 _registry: PluginRegistry | None = None
+_building = False
 
 
 def _call_register(obj: Any, registrar: PluginRegistrar, dist: str) -> None:
@@ -124,10 +125,19 @@ def build_registry(*, autoload: bool | None = None) -> PluginRegistry:
 
 def get_registry() -> PluginRegistry:
     """The process-wide registry, built on first use."""
-    global _registry
+    global _registry, _building
     with _lock:
         if _registry is None:
-            _registry = build_registry()
+            if _building:
+                raise PluginError(
+                    "a plugin called get_registry() while registering; use only the registrar "
+                    "passed to its register() function"
+                )
+            _building = True
+            try:
+                _registry = build_registry()
+            finally:
+                _building = False
         return _registry
 
 

@@ -52,7 +52,9 @@ def _rank_tolerance(dtype: torch.dtype, m: int, n: int) -> float:
     """numpy.linalg.matrix_rank's relative tolerance, in the weights' own precision."""
     real = dtype.to_real() if dtype.is_complex else dtype
     eps = torch.finfo(real).eps if real.is_floating_point else torch.finfo(torch.float64).eps
-    return max(m, n) * eps
+    # 16-bit weights (eps 1e-3 for fp16, 8e-3 for bf16) would make every wide layer "singular";
+    # judge them at float32 precision, the precision their math runs in anyway.
+    return max(m, n) * min(eps, torch.finfo(torch.float32).eps)
 
 
 def sum_log_singular_values(
@@ -293,9 +295,10 @@ def conv_spectral_log_volume(
 ) -> Tensor:
     """The `spectral` method: exact ΔH = Σ_ω Σ_g Σ_i log σ_i(K̂_g(ω)) of the circular conv.
 
-    This is the whole-layer value (all positions included). ``grid`` is the input grid (for a
-    ConvTranspose pass its *output* grid: its weight is the adjoint conv's weight). ``chunk``
-    bounds how many frequency matrices are decomposed at once.
+    This is the whole-layer value (all positions included). ``grid`` is the input grid. For a
+    ConvTranspose with stride s pass s × its input grid and its weight as is: that weight is
+    the adjoint conv's, which maps that grid onto the layer's input. ``chunk`` bounds how many
+    frequency matrices are decomposed at once.
     """
     mats, mult = conv_spectral_matrices(weight, grid, stride, dilation, groups)
     used = _used_phase_columns(weight, stride, dilation)

@@ -137,9 +137,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise EntropyProbeError("--device cuda was asked for, but no CUDA device is available")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError as exc:
         raise EntropyProbeError(f"unknown device {device!r}: use auto, cpu or cuda") from exc
+    if dev.type not in ("cpu", "cuda"):
+        raise EntropyProbeError(f"device {device!r} is not supported: use auto, cpu or cuda")
+    return dev
 
 
 @dataclass
@@ -224,6 +227,15 @@ def compute_profile(
         except (UnknownNameError, UnsupportedLayerError) as exc:
             finished[index] = replace(base, status=Status.SKIPPED, reason=str(exc))
             continue
+        non_finite = _non_finite(record, by_name)
+        if non_finite:
+            finished[index] = replace(
+                base,
+                status=Status.SKIPPED,
+                reason=f"{non_finite} holds NaN or Inf values: the checkpoint is corrupt or "
+                "diverged; nothing can be computed from it",
+            )
+            continue
         weight = record.weight
         bn = (
             by_name[record.folded_batchnorm].batchnorm
@@ -251,9 +263,7 @@ def compute_profile(
 
     for index, p in pending.items():
         sum_log, sum_sq = values[2 * index]
-        positions = p.rule.positions(p.record)
-        if positions is not None:
-            positions *= p.record.calls
+        positions = _positions(p.rule, p.record)
         per_dim = sum_log / p.terms.dims
         singular = math.isinf(sum_log) and sum_log < 0
         delta_h = positions * sum_log if positions is not None else None
@@ -306,6 +316,33 @@ def compute_profile(
         elapsed_s=time.perf_counter() - start,
         notes=tuple(notes),
     )
+
+
+def _positions(rule: LayerRule, record: LayerRecord) -> int | None:
+    """Kernel applications over every call of the layer (a shared module's calls may see
+    different shapes, e.g. an FPN head on several scales)."""
+    if len(record.call_shapes) > 1:
+        per_call = [
+            rule.positions(replace(record, in_shape=i, out_shape=o)) for i, o in record.call_shapes
+        ]
+        return None if any(p is None for p in per_call) else sum(p for p in per_call if p)
+    positions = rule.positions(record)
+    return positions * record.calls if positions is not None else None
+
+
+def _non_finite(record: LayerRecord, by_name: dict[str, LayerRecord]) -> str:
+    """Which tensor of the layer (or of the BatchNorm folded into it) is not finite, or ''."""
+    tensors: list[tuple[str, Tensor | None]] = [("the weight", record.weight)]
+    bns = [record.batchnorm]
+    if record.folded_batchnorm in by_name:
+        bns.append(by_name[record.folded_batchnorm].batchnorm)
+    for bn in bns:
+        if bn is not None:
+            tensors += [("the BatchNorm variance", bn.running_var), ("the BatchNorm γ", bn.weight)]
+    for label, tensor in tensors:
+        if tensor is not None and tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            return label
+    return ""
 
 
 def _stored_dtype(record: LayerRecord) -> torch.dtype:

@@ -140,10 +140,13 @@ class ConvRule(LayerRule):
         return PaperTerms(dims=mats.shape[0] * min(mats.shape[1:]), matrices=mats)
 
     def spectral_grid(self, record: LayerRecord) -> tuple[int, ...] | None:
-        shape = record.out_shape if self.transposed else record.in_shape
+        shape = record.in_shape
         if shape is None or len(shape) != self.spatial_dims + 1:
             return None
         stride = record.stride or (1,) * self.spatial_dims
+        if self.transposed:
+            # The adjoint conv (stride s) maps the grid s·in onto the layer's input grid.
+            return tuple(s * size for s, size in zip(stride, shape[1:], strict=True))
         return F.spectral_grid(shape[1:], stride)
 
     def spectral_delta_h(self, record: LayerRecord, weight: Tensor) -> Tensor | None:

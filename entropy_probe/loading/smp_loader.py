@@ -41,6 +41,12 @@ def parse_smp_ident(smp: Any, ident: str) -> tuple[str, str]:
     if arch.lower() not in archs:
         raise _closest(arch, archs, "architecture")
     encoders = sorted(smp.encoders.get_encoder_names())
+    if encoder.startswith("tu-"):  # SMP's timm-universal encoders: any timm model name
+        import timm
+
+        if not timm.is_model(encoder[3:]):
+            raise UnknownNameError(f"unknown timm model {encoder[3:]!r} in SMP encoder {encoder!r}")
+        return arch, encoder
     if encoder not in encoders:
         raise _closest(encoder, encoders, "encoder")
     return arch, encoder

@@ -129,7 +129,13 @@ class TimmLoader(Loader):
         model_args: dict[str, Any] = raw_args if isinstance(raw_args, dict) else {}
         kwargs: dict[str, Any] = dict(model_args)
         kwargs.update({k: cfg[k] for k in ("num_classes", "in_chans") if k in cfg})
-        model = timm.create_model(arch, pretrained=False, **kwargs)
+        try:
+            model = timm.create_model(arch, pretrained=False, **kwargs)
+        except (TypeError, ValueError, KeyError, AssertionError, RuntimeError) as exc:
+            raise SourceError(
+                f"{path}/config.json does not describe a valid {arch}: "
+                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            ) from exc
         saved_cfg = cfg.get("pretrained_cfg")
         saved_size = saved_cfg.get("input_size") if isinstance(saved_cfg, dict) else None
         img_size = model_args.get("img_size")

@@ -36,6 +36,8 @@ def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
     """A flat name → tensor dict from a state dict or a common training checkpoint."""
     if isinstance(obj, Mapping):
         tensors = {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
+        if tensors and all(k.startswith("module.") for k in tensors):  # saved from DDP
+            tensors = {k.removeprefix("module."): v for k, v in tensors.items()}
         if tensors:
             return tensors
         for key in _WRAPPER_KEYS:
@@ -70,7 +72,13 @@ def read_torch_file(
             f"--trust-pickle: unpickling {p}; this runs any code the file contains",
             stacklevel=2,
         )
-        obj = torch.load(p, map_location="cpu", weights_only=False)
+        try:
+            obj = torch.load(p, map_location="cpu", weights_only=False)
+        except Exception as inner:  # the pickle names code that is not importable here
+            raise SourceError(
+                f"--trust-pickle: unpickling {p} failed: {str(inner).splitlines()[0]}. The "
+                "pickle needs the Python classes it was saved from; save a state_dict instead."
+            ) from inner
     except (
         RuntimeError,
         EOFError,
@@ -106,7 +114,7 @@ def read_safetensors(path: str | Path) -> dict[str, Tensor]:
 def read_weights(path: str | Path, *, trust_pickle: bool = False) -> dict[str, Tensor]:
     """A state dict from a ``.safetensors`` or torch file (for ``--weights``)."""
     p = Path(path)
-    if p.suffix == ".safetensors":
+    if p.suffix.lower() == ".safetensors":
         return read_safetensors(p)
     obj = read_torch_file(p, trust_pickle=trust_pickle)
     if isinstance(obj, nn.Module):

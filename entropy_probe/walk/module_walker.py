@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from entropy_probe.enums import LayerKind, Status
 from entropy_probe.errors import ShapeError, SourceError
@@ -28,12 +29,71 @@ _ROOT_NAME = "<root>"
 @dataclass
 class _Trace:
     order: list[str] = field(default_factory=list)
-    in_shape: dict[str, Shape] = field(default_factory=dict)
-    out_shape: dict[str, Shape] = field(default_factory=dict)
+    call_shapes: dict[str, list[tuple[Shape | None, Shape | None]]] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)
-    folded: dict[str, str] = field(default_factory=dict)  # batchnorm name -> layer name
+    # batchnorm name -> (layer name, the layer's output tensor) for a candidate fold
+    fold_candidates: dict[str, tuple[str, Tensor]] = field(default_factory=dict)
     last_weighted: tuple[str, Tensor, int] | None = None  # name, output, its version
     last_name: str = ""
+
+
+# Tensor accessors that read metadata, not data: they do not make a tensor "consumed".
+_METADATA_CALLS = frozenset(
+    {
+        "__get__",
+        "size",
+        "dim",
+        "numel",
+        "stride",
+        "is_contiguous",
+        "element_size",
+        "is_floating_point",
+        "is_complex",
+        "storage_offset",
+        "data_ptr",
+        "__len__",
+        "__repr__",
+        "__format__",
+        "__bool__",
+        "type",
+        "get_device",
+        "nelement",
+        "ndimension",
+    }
+)
+
+
+class _ConsumerCounter(TorchFunctionMode):
+    """Counts how many torch operations read each watched tensor during the traced pass.
+
+    A BatchNorm is folded into the layer before it only when the layer's output feeds the
+    BatchNorm and nothing else (no skip connection, no second branch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.watched: dict[int, tuple[Tensor, list[int]]] = {}
+        self.paused = False
+
+    def watch(self, tensor: Tensor) -> None:
+        self.watched[id(tensor)] = (tensor, [0])
+
+    def uses(self, tensor: Tensor) -> int:
+        entry = self.watched.get(id(tensor))
+        return entry[1][0] if entry is not None and entry[0] is tensor else -1
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if (
+            self.watched
+            and not self.paused
+            and getattr(func, "__name__", "") not in _METADATA_CALLS
+        ):
+            for value in (*args, *kwargs.values()):
+                for tensor in value if isinstance(value, (list, tuple)) else (value,):
+                    entry = self.watched.get(id(tensor))
+                    if entry is not None and entry[0] is tensor:
+                        entry[1][0] += 1
+        return func(*args, **kwargs)
 
 
 def first_tensor(value: Any) -> Tensor | None:
@@ -74,31 +134,45 @@ def walk_module(
     trace = _Trace()
     weighted_kinds = {k for k in registry.rules.names() if k != LayerKind.BATCHNORM}
 
+    counter = _ConsumerCounter()
+
     def make_hook(name: str) -> Any:
         def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-            trace.last_name = name
-            x, y = first_tensor(inputs), first_tensor(output)
-            if name not in trace.calls:
-                trace.order.append(name)
-                trace.calls[name] = 0
-                if x is not None:
-                    trace.in_shape[name] = tuple(x.shape[1:])
-                if y is not None:
-                    trace.out_shape[name] = tuple(y.shape[1:])
-            trace.calls[name] += 1
-            kind = kinds[name]
-            if (
-                kind == LayerKind.BATCHNORM
-                and trace.last_weighted is not None
-                and x is trace.last_weighted[1]
-                and x._version == trace.last_weighted[2]  # no in-place op (ReLU) in between
-                and name not in trace.folded
-            ):
-                trace.folded[name] = trace.last_weighted[0]
-            if kind in weighted_kinds and isinstance(y, Tensor):
-                trace.last_weighted = (name, y, y._version)
+            counter.paused = True
+            try:
+                _observe(name, module, inputs, output)
+            finally:
+                counter.paused = False
 
         return hook
+
+    def _observe(name: str, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        trace.last_name = name
+        x, y = first_tensor(inputs), first_tensor(output)
+        if name not in trace.calls:
+            trace.order.append(name)
+            trace.calls[name] = 0
+            trace.call_shapes[name] = []
+        trace.calls[name] += 1
+        trace.call_shapes[name].append(
+            (
+                tuple(x.shape[1:]) if x is not None else None,
+                tuple(y.shape[1:]) if y is not None else None,
+            )
+        )
+        kind = kinds[name]
+        if (
+            kind == LayerKind.BATCHNORM
+            and trace.last_weighted is not None
+            and x is trace.last_weighted[1]
+            and x._version == trace.last_weighted[2]  # no in-place op (ReLU) in between
+            and isinstance(getattr(module, "running_var", None), Tensor)  # eval statistics
+            and name not in trace.fold_candidates
+        ):
+            trace.fold_candidates[name] = (trace.last_weighted[0], x)
+        if kind in weighted_kinds and isinstance(y, Tensor):
+            trace.last_weighted = (name, y, y._version)
+            counter.watch(y)
 
     if example is None:
         if input_shape is None:
@@ -115,7 +189,8 @@ def walk_module(
 
     with forward_hooks(model, {n: make_hook(n) for n in candidates}), torch.no_grad():
         try:
-            model(example)
+            with counter:
+                model(example)
         except Exception as exc:
             where = f" after layer {trace.last_name!r}" if trace.last_name else ""
             raise ShapeError(
@@ -124,10 +199,30 @@ def walk_module(
                 "Check --input-shape C,H,W."
             ) from exc
 
-    folded_by_layer = {layer: bn for bn, layer in trace.folded.items()}
+    folded = {
+        bn: layer
+        for bn, (layer, output) in trace.fold_candidates.items()
+        if counter.uses(output) == 1  # the BatchNorm is the layer output's only reader
+        and trace.calls[layer] == 1
+        and trace.calls[bn] == 1  # shared modules: never folded
+        and _fold_fits(named[layer], named[bn], output)
+    }
+    counter.watched.clear()
+    trace.fold_candidates.clear()
+    folded_by_layer = {layer: bn for bn, layer in folded.items()}
     executed = [n for n in trace.order if n in set(candidates)]
     ordered = executed + [n for n in candidates if n not in trace.calls]
-    return [_record(name, named[name], kinds[name], trace, folded_by_layer) for name in ordered]
+    return [
+        _record(name, named[name], kinds[name], trace, folded, folded_by_layer) for name in ordered
+    ]
+
+
+def _fold_fits(layer: nn.Module, bn: nn.Module, output: Tensor) -> bool:
+    """The BatchNorm normalises the layer's output channels (dim 1) one to one."""
+    channels = getattr(bn, "num_features", None)
+    if isinstance(layer, nn.Linear) and output.dim() != 2:
+        return False  # BatchNorm1d on (N, C, L) would scale tokens, not the Linear's outputs
+    return output.dim() >= 2 and channels == output.shape[1]
 
 
 def _record(
@@ -135,14 +230,17 @@ def _record(
     module: nn.Module,
     kind: str | None,
     trace: _Trace,
+    folded: dict[str, str],
     folded_by_layer: dict[str, str],
 ) -> LayerRecord:
+    shapes = trace.call_shapes.get(name, [])
     common: dict[str, Any] = {
         "name": name or _ROOT_NAME,
         "op_type": type(module).__name__,
-        "in_shape": trace.in_shape.get(name),
-        "out_shape": trace.out_shape.get(name),
+        "in_shape": shapes[0][0] if shapes else None,
+        "out_shape": shapes[0][1] if shapes else None,
         "calls": max(trace.calls.get(name, 0), 1),
+        "call_shapes": tuple(shapes),
     }
     if name not in trace.calls:
         common["reason"] = "not executed by the traced forward pass: positions unknown"
@@ -175,7 +273,7 @@ def _record(
             weight=gamma.detach() if isinstance(gamma, Tensor) else None,
             eps=float(getattr(module, "eps", 1e-5)),
         )
-        folded_into = trace.folded.get(name)
+        folded_into = folded.get(name)
         return LayerRecord(kind=kind, batchnorm=bn, folded_into=folded_into, **common)
     weight = getattr(module, "weight", None)
     if not isinstance(weight, Tensor):

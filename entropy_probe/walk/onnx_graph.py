@@ -26,6 +26,18 @@ __all__ = ["layer_tensors", "record_name", "walk_onnx"]
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 _CONV_OPS = ("Conv", "ConvTranspose")
+# Ops that carry weights but have no rule: listed as skipped, never dropped silently.
+_UNANALYSED_WEIGHTED = {
+    "QLinearConv": "quantised conv",
+    "ConvInteger": "quantised conv",
+    "QLinearMatMul": "quantised matmul",
+    "MatMulInteger": "quantised matmul",
+    "FusedConv": "onnxruntime-fused conv",
+    "FusedGemm": "onnxruntime-fused gemm",
+    "FusedMatMul": "onnxruntime-fused matmul",
+    "DynamicQuantizeMatMul": "quantised matmul",
+    "QGemm": "quantised gemm",
+}
 _DENSE_OPS = ("Gemm", "MatMul")
 _NORM_OPS = {
     "LayerNormalization": (
@@ -89,9 +101,21 @@ def _walk(model: Any, input_shape: Sequence[int] | None) -> list[tuple[LayerReco
     built: list[tuple[LayerRecord, Any]] = []
     used: set[str] = set()
     for node in graph.node:
-        if node.domain not in _DEFAULT_DOMAINS:
+        if node.op_type in _UNANALYSED_WEIGHTED:
+            rec: LayerRecord | None = LayerRecord(
+                name=record_name(node),
+                kind=node.op_type.lower(),
+                op_type=node.op_type,
+                in_shape=shapes.get(node.input[0]) if node.input else None,
+                out_shape=shapes.get(node.output[0]) if node.output else None,
+                status=Status.SKIPPED,
+                reason=f"{node.op_type} ({_UNANALYSED_WEIGHTED[node.op_type]}) has no rule yet; "
+                "export the float model (without quantisation or runtime fusion) to analyse it",
+            )
+        elif node.domain not in _DEFAULT_DOMAINS:
             continue
-        rec = _record(node, consts, shapes)
+        else:
+            rec = _record(node, consts, shapes)
         if rec is None:
             continue
         if rec.name in used:  # ONNX does not require unique node names

@@ -81,11 +81,18 @@ def infer_shapes(model: Any, input_shape: Sequence[int] | None) -> dict[str, Sha
         dims = ttype.shape.dim
         if len(dims) < 1 or not all(d.HasField("dim_value") for d in dims):
             continue
-        shapes[vi.name] = tuple(int(d.dim_value) for d in dims[1:])
+        shapes[vi.name] = _per_sample(tuple(int(d.dim_value) for d in dims))
     return shapes
 
 
 SHAPED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization"})
+
+
+def _per_sample(full: Shape) -> Shape:
+    """Drop the batch dim (forced to 1 for inference). A tensor whose leading dim is not 1 has
+    folded the batch into another dim (e.g. (B·T, C) tokens): keep it whole, so positions
+    still count every token."""
+    return full[1:] if full and full[0] == 1 else full
 
 
 def runtime_shapes(
@@ -118,7 +125,7 @@ def runtime_shapes(
     except Exception:  # shapes stay unknown; the layer then has positions=None
         return {}
     return {
-        name: tuple(int(d) for d in out.shape[1:])
+        name: _per_sample(tuple(int(d) for d in out.shape))
         for name, out in zip(dict.fromkeys(names), outputs, strict=True)
     }
 

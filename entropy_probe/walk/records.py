@@ -45,6 +45,8 @@ class LayerRecord:
     folded_batchnorm: str | None = None  # name of an eval BatchNorm folded into this layer
     folded_into: str | None = None  # for a BatchNorm: the layer it was folded into
     calls: int = 1  # how often the forward pass applied this layer (shared modules: > 1)
+    # per-sample (in_shape, out_shape) of every call, when a shared module saw several shapes
+    call_shapes: tuple[tuple[Shape | None, Shape | None], ...] = ()
     status: Status | None = None
     reason: str = ""
 
