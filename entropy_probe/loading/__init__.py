@@ -81,4 +81,11 @@ def load_model(
     """Load any supported source with the registered loaders."""
     registry = registry or get_registry()
     scheme, ident = parse_source(source, registry)
-    return registry.loaders.get(scheme).load(ident, options or LoadOptions())
+    loader = registry.loaders.get(scheme)
+    options = options or LoadOptions()
+    if options.weights is not None and not loader.accepts_weights:
+        raise SourceError(
+            f"--weights applies to sources that name an architecture (timm:NAME, smp:ARCH/ENC); "
+            f"a {scheme} source carries its own weights"
+        )
+    return loader.load(ident, options)

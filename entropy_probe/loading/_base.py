@@ -70,6 +70,8 @@ class Loader(ABC):
     scheme: str = ""
     extensions: tuple[str, ...] = ()
     description: str = ""
+    #: whether ``--weights FILE`` means something for this loader (an architecture to fill)
+    accepts_weights: bool = False
 
     def claims_directory(self, path: Path) -> bool:
         """True when ``path`` is a directory this loader understands (by its content)."""

@@ -54,6 +54,7 @@ def parse_smp_ident(smp: Any, ident: str) -> tuple[str, str]:
 
 class SmpLoader(Loader):
     scheme = "smp"
+    accepts_weights = True
     description = "smp:ARCH/ENCODER (+ --weights FILE), or an SMP save_pretrained directory"
 
     def claims_directory(self, path: Path) -> bool:

@@ -81,6 +81,7 @@ def config_has_key(directory: Path, key: str) -> bool:
 
 class TimmLoader(Loader):
     scheme = "timm"
+    accepts_weights = True
     description = "timm:NAME architecture (+ --weights FILE), or a timm save_for_hf directory"
 
     def claims_directory(self, path: Path) -> bool:

@@ -26,6 +26,19 @@ def walk_state_dict(state: Mapping[str, Tensor]) -> list[LayerRecord]:
         if leaf in ("running_mean", "running_var", "bias"):
             continue
         name = prefix if leaf == "weight" and prefix else key
+        if leaf != "weight":
+            records.append(
+                LayerRecord(
+                    name=key,
+                    kind=f"tensor{tensor.dim()}d",
+                    op_type="state_dict",
+                    weight=tensor,
+                    status=Status.SKIPPED,
+                    reason="not a layer weight (no `.weight` suffix: an embedding, token or "
+                    "buffer?); give the architecture to analyse the model",
+                )
+            )
+            continue
         var = state.get(f"{prefix}.running_var")
         if tensor.dim() == 1 and isinstance(var, Tensor) and var.shape == tensor.shape:
             records.append(

@@ -197,3 +197,20 @@ def test_quantised_onnx_conv_is_listed_as_skipped() -> None:
     records = walk_onnx(onnx.load_from_string(model.SerializeToString()), (2, 4, 4))
     assert [(r.name, r.status) for r in records] == [("qconv", Status.SKIPPED)]
     assert "quantised" in records[0].reason
+
+
+def test_weights_with_a_source_that_has_its_own_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "w.safetensors"
+    save_file({"fc.weight": torch.eye(2)}, str(path))
+    result = CliRunner().invoke(main, ["profile", str(path), "--weights", str(path)])
+    assert result.exit_code == 1
+    assert "--weights applies to" in result.output
+
+
+def test_state_dict_tensors_without_weight_suffix_are_not_layers() -> None:
+    from entropy_probe.walk.state_dict import walk_state_dict
+
+    records = walk_state_dict({"pos_embed": torch.zeros(1, 5, 4), "fc.weight": torch.eye(4)})
+    by_name = {r.name: r for r in records}
+    assert by_name["pos_embed"].status is Status.SKIPPED
+    assert by_name["fc"].kind == "linear" and by_name["fc"].status is None
