@@ -254,12 +254,20 @@ def compute_profile(
         pending[index] = _Pending(record, rule, weight, terms, raw_terms, scale)
 
     items = [(p.terms, 2 * i, _stored_dtype(p.record)) for i, p in pending.items()]
-    items += [
-        (p.raw_terms, 2 * i + 1, _stored_dtype(p.record))
-        for i, p in pending.items()
-        if p.raw_terms is not None
-    ]
     values = _evaluate_terms(items, dev)
+    # The unfolded value: exact from the folded one when the BatchNorm scales the smaller side
+    # of every matrix (det(S·G·S) = det(S)²·det(G) for the smaller Gram G); otherwise, or when
+    # the folded map is singular, decomposed directly in a second batched call.
+    raw_direct = []
+    for i, p in pending.items():
+        if p.raw_terms is None:
+            continue
+        derived = _derived_raw(p, values[2 * i][0])
+        if derived is None:
+            raw_direct.append((p.raw_terms, 2 * i + 1, _stored_dtype(p.record)))
+        else:
+            values[2 * i + 1] = (derived, math.nan)
+    values.update(_evaluate_terms(raw_direct, dev))
 
     for index, p in pending.items():
         sum_log, sum_sq = values[2 * index]
@@ -316,6 +324,19 @@ def compute_profile(
         elapsed_s=time.perf_counter() - start,
         notes=tuple(notes),
     )
+
+
+def _derived_raw(p: _Pending, folded_sum_log: float) -> float | None:
+    """Σ log σ of the unfolded matrices from the folded value, or None where not exact."""
+    mats, scale = (p.raw_terms.matrices if p.raw_terms else None), p.fold_scale
+    if mats is None or scale is None or not math.isfinite(folded_sum_log):
+        return None
+    m, n = mats.shape[-2], mats.shape[-1]
+    scaled_side_is_smaller = n <= m if p.rule.transposed else m <= n
+    log_scale = torch.log(scale.abs())
+    if not scaled_side_is_smaller or not bool(log_scale.isfinite().all()):
+        return None
+    return folded_sum_log - float(log_scale.sum())
 
 
 def _positions(rule: LayerRule, record: LayerRecord) -> int | None:
