@@ -27,17 +27,7 @@ def walk_state_dict(state: Mapping[str, Tensor]) -> list[LayerRecord]:
             continue
         name = prefix if leaf == "weight" and prefix else key
         if leaf != "weight":
-            records.append(
-                LayerRecord(
-                    name=key,
-                    kind=f"tensor{tensor.dim()}d",
-                    op_type="state_dict",
-                    weight=tensor,
-                    status=Status.SKIPPED,
-                    reason="not a layer weight (no `.weight` suffix: an embedding, token or "
-                    "buffer?); give the architecture to analyse the model",
-                )
-            )
+            records.append(_skipped(key, tensor, _NOT_A_WEIGHT))
             continue
         var = state.get(f"{prefix}.running_var")
         if tensor.dim() == 1 and isinstance(var, Tensor) and var.shape == tensor.shape:
@@ -62,15 +52,26 @@ def walk_state_dict(state: Mapping[str, Tensor]) -> list[LayerRecord]:
                 )
             )
         else:
-            records.append(
-                LayerRecord(
-                    name=name,
-                    kind=f"tensor{tensor.dim()}d",
-                    op_type="state_dict",
-                    weight=tensor,
-                    status=Status.SKIPPED,
-                    reason="a 1-D weight without running statistics (a norm/PReLU scale?): "
-                    "not analysable without the architecture",
-                )
-            )
+            records.append(_skipped(name, tensor, _SCALE_ONLY))
     return records
+
+
+_NOT_A_WEIGHT = (
+    "not a layer weight (no `.weight` suffix: an embedding, token or buffer?); "
+    "give the architecture to analyse the model"
+)
+_SCALE_ONLY = (
+    "a 1-D weight without running statistics (a norm/PReLU scale?): "
+    "not analysable without the architecture"
+)
+
+
+def _skipped(name: str, tensor: Tensor, reason: str) -> LayerRecord:
+    return LayerRecord(
+        name=name,
+        kind=f"tensor{tensor.dim()}d",
+        op_type="state_dict",
+        weight=tensor,
+        status=Status.SKIPPED,
+        reason=reason,
+    )
