@@ -89,17 +89,18 @@ class Profile:
         return [layer for layer in self.layers if layer.analysed]
 
     def total_delta_h(self) -> float | None:
-        """Σ ΔH over analysed layers, BatchNorms folded into a layer counted once."""
-        values = [
-            layer.delta_h
-            for layer in self.analysed
-            if layer.folded_into is None and layer.delta_h is not None
-        ]
-        if not values and not any(layer.status is Status.SINGULAR for layer in self.analysed):
+        """Σ ΔH over analysed layers, BatchNorms folded into a layer counted once; −inf when a
+        layer is singular; None when any counted layer's positions are unknown (a partial sum
+        would pass for the whole)."""
+        counted = [layer for layer in self.analysed if layer.folded_into is None]
+        if not counted:
             return None
-        if any(layer.status is Status.SINGULAR for layer in self.analysed):
+        if any(layer.status is Status.SINGULAR for layer in counted):
             return -math.inf
-        return math.fsum(values)
+        values = [layer.delta_h for layer in counted]
+        if any(v is None for v in values):
+            return None
+        return math.fsum(v for v in values if v is not None)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -214,3 +214,21 @@ def test_state_dict_tensors_without_weight_suffix_are_not_layers() -> None:
     by_name = {r.name: r for r in records}
     assert by_name["pos_embed"].status is Status.SKIPPED
     assert by_name["fc"].kind == "linear" and by_name["fc"].status is None
+
+
+def test_total_is_unknown_when_some_positions_are_unknown() -> None:
+    from entropy_probe.entropy.profile import LayerEntropy, Profile
+
+    def layer(name: str, delta_h: float | None) -> LayerEntropy:
+        return LayerEntropy(
+            name=name, kind="linear", op_type="x", status=Status.OK, delta_h=delta_h
+        )
+
+    partial = Profile(
+        source="s", format="f", input_shape=None, layers=(layer("a", 1.0), layer("b", None))
+    )
+    assert partial.total_delta_h() is None
+    full = Profile(
+        source="s", format="f", input_shape=None, layers=(layer("a", 1.0), layer("b", 2.5))
+    )
+    assert full.total_delta_h() == 3.5
