@@ -71,7 +71,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -126,93 +126,42 @@ class RandomProjection:
     is the same as projecting each batch with Q. G is drawn with a ``torch.Generator`` on
     ``device``: the same (seed, D, d) gives the same P on every run on that device type (CPU
     and CUDA draw different, equally valid, random subspaces).
-
-    A G larger than ``max_resident`` floats (64 MiB by default) is never stored: it is drawn in
-    row blocks, each from its own seeded generator, once for GᵀG and again for every batch.
-    Memory stays bounded (a ResNet-50 at 224×224 would otherwise hold 847 MiB of projections)
-    for the price of regenerating the blocks.
     """
 
     def __init__(
-        self,
-        dims: int,
-        d: int,
-        *,
-        seed: int = 0,
-        device: torch.device | str = "cpu",
-        max_resident: int = 1 << 24,
+        self, dims: int, d: int, *, seed: int = 0, device: torch.device | str = "cpu"
     ) -> None:
         if not 1 <= d <= dims:
             raise EntropyProbeError(f"projection to d={d} dims needs 1 ≤ d ≤ D={dims}")
         self.dims = dims
         self.d = d
         self.device = torch.device(device)
-        self._seed = _projection_seed(seed, dims, d)
-        self._stored: Tensor | None = None
-        self._block_rows = max(1, max_resident // d)
+        self.matrix: Tensor | None = None
         self.whiten: Tensor | None = None
         if d == dims:
             return
-        if dims * d <= max_resident:
-            gen = torch.Generator(device=self.device).manual_seed(self._seed)
-            self._stored = torch.randn(
-                (dims, d), generator=gen, device=self.device, dtype=torch.float32
-            )
-            wide = self._stored.to(torch.float64)
-            gram = wide.T @ wide
-        else:
-            gram = torch.zeros((d, d), dtype=torch.float64, device=self.device)
-            for _, block in self._blocks():
-                wide = block.to(torch.float64)
-                gram += wide.T @ wide
+        gen = torch.Generator(device=self.device).manual_seed(_projection_seed(seed, dims, d))
+        g = torch.randn((dims, d), generator=gen, device=self.device, dtype=torch.float32)
+        gram = (g.T @ g).to(torch.float64)
         evals, evecs = torch.linalg.eigh(gram)
+        self.matrix = g
         self.whiten = (evecs * evals.clamp_min(torch.finfo(torch.float64).tiny).rsqrt()) @ evecs.T
-
-    def _blocks(self) -> Iterator[tuple[int, Tensor]]:
-        for index, start in enumerate(range(0, self.dims, self._block_rows)):
-            rows = min(self._block_rows, self.dims - start)
-            gen = torch.Generator(device=self.device).manual_seed(
-                (self._seed + 1_000_033 * (index + 1)) % (2**63 - 1)
-            )
-            yield (
-                start,
-                torch.randn((rows, self.d), generator=gen, device=self.device, dtype=torch.float32),
-            )
-
-    @property
-    def matrix(self) -> Tensor | None:
-        """G itself (materialised on demand when it is streamed); None for the identity."""
-        if self.whiten is None:
-            return None
-        if self._stored is not None:
-            return self._stored
-        return torch.cat([block for _, block in self._blocks()])
 
     @property
     def is_identity(self) -> bool:
-        return self.whiten is None
+        return self.matrix is None
 
     @property
     def nbytes(self) -> int:
-        """Bytes the projection keeps resident (a streamed G: one block at a time)."""
-        if self.whiten is None:
-            return 0
-        rows = self.dims if self._stored is not None else min(self._block_rows, self.dims)
-        return rows * self.d * 4
+        return 0 if self.matrix is None else self.matrix.numel() * self.matrix.element_size()
 
     def raw(self, x: Tensor) -> Tensor:
         """(B, D) → (B, d) float32 before the final whitening (x itself when d = D)."""
         if x.dim() != 2 or x.shape[1] != self.dims:
             raise EntropyProbeError(f"expected (B, {self.dims}) features, got {tuple(x.shape)}")
-        if self.whiten is None:
+        if self.matrix is None:
             return x
-        x = x.to(torch.float32)
-        if self._stored is not None:
-            return x @ self._stored
-        out = torch.zeros((x.shape[0], self.d), dtype=torch.float32, device=x.device)
-        for start, block in self._blocks():
-            out += x[:, start : start + block.shape[0]] @ block.to(x.device)
-        return out
+        return x.to(torch.float32) @ self.matrix
 
     def finish(self, z: Tensor) -> Tensor:
         """Stacked ``raw`` outputs (N, d) → the orthonormal projection, float64."""
