@@ -19,7 +19,8 @@ from entropy_probe import __version__
 from entropy_probe._io import atomic_write_text
 from entropy_probe.entropy.profile import LayerEntropy, Profile
 from entropy_probe.enums import ConvMethod, Status
-from entropy_probe.errors import EntropyProbeError
+from entropy_probe.errors import EntropyProbeError, PluginError
+from entropy_probe.plugins import DISABLE_ENV
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,6 +32,11 @@ def _friendly_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except PluginError as exc:
+            raise click.ClickException(
+                f"{exc}. Fix or uninstall that plugin's distribution, or set "
+                f"{DISABLE_ENV}=1 to run without third-party plugins"
+            ) from None
         except EntropyProbeError as exc:
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:

@@ -440,3 +440,20 @@ def test_plugin_module_is_importable_like_a_real_plugin(
 def test_module_level_helpers_use_the_global_registry() -> None:
     assert plugins.get_loader("torch").scheme == "torch"
     assert get_rule("linear").kind == "linear"
+
+
+def test_cli_names_the_way_out_of_a_broken_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from entropy_probe.cli import main
+
+    def boom() -> Any:
+        raise ImportError("No module named 'fake_missing_dep'")
+
+    install_entry_points(monkeypatch, FakeEntryPoint("broken", boom, FakeDist("broken-dist", "1")))
+    reset_registry()
+    result = CliRunner().invoke(main, ["list", "loaders"])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert "broken-dist 1" in result.output
+    assert "ENTROPY_PROBE_DISABLE_PLUGIN_AUTOLOAD=1" in result.output
