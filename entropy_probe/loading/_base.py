@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -55,9 +56,9 @@ class LoadedModel:
             return sum(p.numel() for p in self.module.parameters())
         if self.state_dict is not None:
             return sum(t.numel() for t in self.state_dict.values())
-        from onnx import numpy_helper
-
-        return sum(numpy_helper.to_array(t).size for t in self.onnx_model.graph.initializer)
+        # From the declared dims: converting every initializer just to count it doubled the
+        # walker's own conversion of the weights.
+        return sum(math.prod(t.dims) for t in self.onnx_model.graph.initializer)
 
 
 class Loader(ABC):

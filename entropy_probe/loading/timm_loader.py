@@ -163,19 +163,26 @@ class TimmLoader(Loader):
 
 
 def _head_kwargs(timm: Any, name: str, state: dict[str, Any]) -> dict[str, Any]:
-    """num_classes / in_chans read off the weights, so fine-tuned heads load without flags."""
-    probe = timm.create_model(name, pretrained=False)
+    """num_classes / in_chans read off the weights, so fine-tuned heads load without flags.
+
+    The classifier / stem names and defaults come from the registered pretrained config, so no
+    throw-away model is built; only a model without one is built to be asked.
+    """
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is not None:
+        classifier, first, default_classes = cfg.classifier, cfg.first_conv, cfg.num_classes
+        default_chans = (cfg.input_size or (3,))[0]
+    else:
+        probe = timm.create_model(name, pretrained=False)
+        defaults = getattr(probe, "default_cfg", {}) or {}
+        classifier, first = defaults.get("classifier"), defaults.get("first_conv")
+        default_classes = probe.num_classes
+        default_chans = defaults.get("input_size", (3,))[0]
     kwargs: dict[str, Any] = {}
-    classifier = probe.default_cfg.get("classifier") if hasattr(probe, "default_cfg") else None
     head = state.get(f"{classifier}.weight") if isinstance(classifier, str) else None
-    if head is not None and head.dim() >= 1 and head.shape[0] != probe.num_classes:
+    if head is not None and head.dim() >= 1 and head.shape[0] != default_classes:
         kwargs["num_classes"] = int(head.shape[0])
-    first = probe.default_cfg.get("first_conv") if hasattr(probe, "default_cfg") else None
     stem = state.get(f"{first}.weight") if isinstance(first, str) else None
-    if (
-        stem is not None
-        and stem.dim() >= 2
-        and stem.shape[1] != probe.default_cfg.get("input_size", (3,))[0]
-    ):
+    if stem is not None and stem.dim() >= 2 and stem.shape[1] != default_chans:
         kwargs["in_chans"] = int(stem.shape[1])
     return kwargs
