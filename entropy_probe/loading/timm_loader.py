@@ -41,8 +41,16 @@ def _input_shape(model: nn.Module, options: LoadOptions) -> tuple[int, ...]:
     if options.input_shape is not None:
         return options.input_shape
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    size = cfg.get("input_size") or (3, 224, 224)
-    return tuple(int(s) for s in size)
+    size = tuple(int(s) for s in cfg.get("input_size") or (3, 224, 224))
+    # The config keeps the pretrained channel count; a model built with in_chans (read off
+    # fine-tuned weights or a saved config) says its own in its stem.
+    first = cfg.get("first_conv")
+    try:
+        stem = model.get_submodule(first) if isinstance(first, str) else None
+    except AttributeError:
+        stem = None
+    channels = getattr(stem, "in_channels", None)
+    return (int(channels), *size[1:]) if isinstance(channels, int) else size
 
 
 def find_weight_file(directory: Path) -> Path:

@@ -24,6 +24,7 @@ def test_fine_tuned_head_and_stem_are_read_off_the_weights(tmp_path: Path) -> No
     assert tuple(loaded.module.fc.weight.shape) == (7, 512)
     assert tuple(loaded.module.conv1.weight.shape) == (64, 1, 7, 7)
     assert torch.equal(loaded.module.fc.weight, model.fc.weight)
+    assert loaded.input_shape == (1, 224, 224)  # the stem's channels, not the config's 3
 
 
 def test_matching_head_adds_no_arguments() -> None:
