@@ -848,3 +848,23 @@ def test_timm_save_for_hf_directory_with_model_args(tmp_path: Path) -> None:
     layers = by_name(prof)
     assert layers["patch_embed.proj"].positions == 16
     assert layers["blocks.0.attn.qkv"].positions == 17  # 16 patches + cls token
+
+
+@pytest.mark.assets
+def test_onnx_parameter_count_includes_constant_node_weights() -> None:
+    # PP-OCRv4 det keeps every weight in Constant nodes and has no initializers.
+    root = _package_dir("rapidocr_onnxruntime")
+    if root is None:
+        pytest.skip("rapidocr-onnxruntime is not installed")
+    path = root / "models" / "ch_PP-OCRv4_det_infer.onnx"
+    model = onnx.load(str(path))
+    assert len(model.graph.initializer) == 0
+    expected = sum(
+        math.prod(attr.t.dims)
+        for node in model.graph.node
+        if node.op_type == "Constant"
+        for attr in node.attribute
+        if attr.name == "value"
+    )
+    loaded = load_model(str(path))
+    assert loaded.num_params == expected > 1_000_000

@@ -57,8 +57,17 @@ class LoadedModel:
         if self.state_dict is not None:
             return sum(t.numel() for t in self.state_dict.values())
         # From the declared dims: converting every initializer just to count it doubled the
-        # walker's own conversion of the weights.
-        return sum(math.prod(t.dims) for t in self.onnx_model.graph.initializer)
+        # walker's own conversion of the weights. Constant nodes hold weights too (PP-OCRv4
+        # det keeps all of them there).
+        graph = self.onnx_model.graph
+        constants = [
+            attr.t
+            for node in graph.node
+            if node.op_type == "Constant"
+            for attr in node.attribute
+            if attr.name == "value"
+        ]
+        return sum(math.prod(t.dims) for t in (*graph.initializer, *constants))
 
 
 class Loader(ABC):
