@@ -6,7 +6,6 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,13 +20,7 @@ from entropy_probe.plugins import DISABLE_ENV, reset_registry
 DEFAULT_LAYERS = ["features.0", "features.1", "features.4", "features.5", "classifier.1"]
 
 
-@pytest.fixture(autouse=True)
-def _builtin_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Only the built-in plugin, and a fresh process-wide registry before and after."""
-    monkeypatch.setenv(DISABLE_ENV, "1")
-    reset_registry()
-    yield
-    reset_registry()
+pytestmark = pytest.mark.usefixtures("builtin_plugins_only")
 
 
 def invoke(*args: str) -> Result:

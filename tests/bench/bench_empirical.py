@@ -26,21 +26,11 @@ import argparse
 import json
 import os
 import platform
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-
-
-def _best_of(repeat: int, fn: Callable[[], Any]) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+from _timing import best_of  # this folder is sys.path[0] when run as a script
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -90,9 +80,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     with torch.no_grad():  # warm-up: kernels, allocator, lazy library loading
         model(inputs[: args.batch_size].to(dev))
     sync()
-    inference_s = _best_of(args.repeat, inference)
+    inference_s = best_of(args.repeat, inference)
     last: dict[str, Any] = {}
-    capture_s = _best_of(args.repeat, lambda: last.update(result=capture()))
+    capture_s = best_of(args.repeat, lambda: last.update(result=capture()))
     result = last["result"]
     row: dict[str, Any] = {
         "model": args.model,
@@ -110,7 +100,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "projection_mib": round(result.projection_bytes / 2**20, 1),
     }
     if not args.skip_profile:
-        profile_s = _best_of(
+        profile_s = best_of(
             args.repeat,
             lambda: profile_loaded(
                 loaded,

@@ -23,15 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-
-def _best_of(repeat: int, fn: Any) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+from _timing import best_of  # this folder is sys.path[0] when run as a script
 
 
 def bench_model(name: str, *, device: str, repeat: int, spectral: bool, ww: bool) -> dict[str, Any]:
@@ -49,10 +41,10 @@ def bench_model(name: str, *, device: str, repeat: int, spectral: bool, ww: bool
         "params": sum(p.numel() for p in model.parameters()),
         "analysed_layers": len(result.analysed),
         "device": result.device,
-        "paper_s": _best_of(repeat, lambda: profile_loaded(loaded, method="paper", device=device)),
+        "paper_s": best_of(repeat, lambda: profile_loaded(loaded, method="paper", device=device)),
     }
     if spectral:
-        row["spectral_s"] = _best_of(
+        row["spectral_s"] = best_of(
             1, lambda: profile_loaded(loaded, method="spectral", device=device)
         )
     if ww:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from entropy_probe.entropy.profile import Profile
@@ -11,12 +9,8 @@ from entropy_probe.plugins import DISABLE_ENV, reset_registry
 
 
 @pytest.fixture(autouse=True)
-def _builtin_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Only the built-in plugin, and a fresh process-wide registry before and after."""
-    monkeypatch.setenv(DISABLE_ENV, "1")
-    reset_registry()
-    yield
-    reset_registry()
+def _builtin_only(builtin_plugins_only: None) -> None:
+    """Every report test runs with the built-in plugin only (tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")

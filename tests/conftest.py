@@ -1,0 +1,18 @@
+"""Fixtures shared by several test packages."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from entropy_probe.plugins import DISABLE_ENV, reset_registry
+
+
+@pytest.fixture
+def builtin_plugins_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Only the built-in plugin, and a fresh process-wide registry before and after."""
+    monkeypatch.setenv(DISABLE_ENV, "1")
+    reset_registry()
+    yield
+    reset_registry()
