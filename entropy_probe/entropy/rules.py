@@ -67,20 +67,13 @@ class LayerRule(ABC):
         """
         if terms.matrices is None:
             raise UnsupportedLayerError(f"layer {record.name!r} has no matrices to fold into")
-        mats = F.precise(terms.matrices)
-        groups = mats.shape[0]
-        axis = -1 if self.transposed else -2
-        if scale.numel() != groups * mats.shape[axis]:
-            raise ShapeError(
-                f"BatchNorm has {scale.numel()} channels, layer {record.name!r} has "
-                f"{groups * mats.shape[axis]}"
-            )
-        shaped = (
-            scale.to(mats.device).reshape(groups, 1, -1)
-            if self.transposed
-            else (scale.to(mats.device).reshape(groups, -1, 1))
+        # (groups, rows, cols) → the dense / ConvTranspose layout the fold itself understands
+        mats = terms.matrices
+        flat = mats.reshape(mats.shape[0] * mats.shape[1], mats.shape[2])
+        folded = F.fold_batchnorm_into_weight(
+            flat, scale.to(mats.device), transposed=self.transposed, groups=mats.shape[0]
         )
-        return replace(terms, matrices=mats * shaped)
+        return replace(terms, matrices=folded.reshape(mats.shape))
 
     def check(self, record: LayerRecord) -> None:
         """Raise UnsupportedLayerError when the record does not fit this rule."""
