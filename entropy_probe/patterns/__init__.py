@@ -1,0 +1,1 @@
+"""Reference patterns of well-trained networks and the comparison against them."""

@@ -1,0 +1,185 @@
+"""Entropy patterns over relative depth: the common currency of references, comparison and
+the fine-tuning losses (DESIGN.md 2.5–2.7).
+
+A profile's analysed dense and conv layers are placed at their relative depth in [0, 1]
+(``LayerEntropy.depth``: execution order over the analysed non-BatchNorm layers). A pattern is,
+per layer group (``dense``, ``conv``), a piecewise-linear curve of one per-layer quantity over
+that depth. Two quantities exist:
+
+* ``spectral_shape``: s = mean log σ − log sqrt(mean σ²), scale-free (the default; DESIGN 2.7);
+* ``delta_h_per_dim``: mean log σ, the raw per-dimension entropy change (tracks weight scale).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from entropy_probe.entropy.profile import LayerEntropy, Profile
+from entropy_probe.enums import LayerKind
+from entropy_probe.errors import EntropyProbeError
+
+__all__ = [
+    "DEFAULT_QUANTITY",
+    "DepthCurve",
+    "LayerGroup",
+    "Quantity",
+    "ReferencePattern",
+    "layer_group",
+    "pattern_points",
+    "profile_pattern",
+]
+
+
+class Quantity(str, Enum):
+    SPECTRAL_SHAPE = "spectral_shape"
+    DELTA_H_PER_DIM = "delta_h_per_dim"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class LayerGroup(str, Enum):
+    DENSE = "dense"
+    CONV = "conv"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+DEFAULT_QUANTITY = Quantity.SPECTRAL_SHAPE
+
+_DENSE_KINDS = {LayerKind.LINEAR.value}
+_NOT_PATTERN = {LayerKind.BATCHNORM.value}
+
+
+def layer_group(kind: str) -> LayerGroup | None:
+    """``dense`` for linear layers, ``conv`` for (transposed) convolutions of any rank and
+    plugin kinds whose name starts with ``conv``, None for anything else (BatchNorm)."""
+    kind = str(kind)
+    if kind in _NOT_PATTERN:
+        return None
+    if kind in _DENSE_KINDS:
+        return LayerGroup.DENSE
+    if kind.startswith("conv"):
+        return LayerGroup.CONV
+    return None
+
+
+@dataclass(frozen=True)
+class DepthCurve:
+    """A piecewise-linear function of relative depth, constant beyond its end points."""
+
+    depths: tuple[float, ...]
+    values: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.depths) != len(self.values) or not self.depths:
+            raise ValueError("a depth curve needs equally many (>= 1) depths and values")
+        if any(b < a for a, b in zip(self.depths, self.depths[1:], strict=False)):
+            raise ValueError("depths must be ascending")
+        if not all(math.isfinite(v) for v in (*self.depths, *self.values)):
+            raise ValueError("a depth curve holds finite numbers only")
+
+    @classmethod
+    def from_points(cls, points: Iterable[tuple[float, float]]) -> DepthCurve:
+        """Sort (depth, value) points; values at the same depth are averaged."""
+        merged: dict[float, list[float]] = {}
+        for depth, value in points:
+            merged.setdefault(float(depth), []).append(float(value))
+        depths = sorted(merged)
+        return cls(tuple(depths), tuple(math.fsum(merged[d]) / len(merged[d]) for d in depths))
+
+    def at(self, depth: float) -> float:
+        """Linear interpolation at ``depth``."""
+        d = self.depths
+        if depth <= d[0]:
+            return self.values[0]
+        if depth >= d[-1]:
+            return self.values[-1]
+        j = bisect.bisect_right(d, depth)
+        d0, d1 = d[j - 1], d[j]
+        v0, v1 = self.values[j - 1], self.values[j]
+        if d1 == d0:
+            return v1
+        return v0 + (v1 - v0) * (depth - d0) / (d1 - d0)
+
+    def resample(self, grid: Sequence[float]) -> DepthCurve:
+        return DepthCurve(tuple(float(g) for g in grid), tuple(self.at(g) for g in grid))
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"depths": [round(v, 6) for v in self.depths], "values": list(self.values)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DepthCurve:
+        return cls(tuple(map(float, data["depths"])), tuple(map(float, data["values"])))
+
+
+def pattern_points(
+    profile: Profile, quantity: Quantity | str = DEFAULT_QUANTITY
+) -> list[tuple[LayerEntropy, LayerGroup, float]]:
+    """(layer, group, value) for every analysed dense/conv layer with a finite value and a
+    depth, in depth order. Singular layers (value −inf) are left out: they have no shape."""
+    quantity = Quantity(quantity)
+    out = []
+    for layer in profile.layers:
+        group = layer_group(layer.kind)
+        value = getattr(layer, quantity.value)
+        if group is None or not layer.analysed or layer.depth is None or value is None:
+            continue
+        if not math.isfinite(value):
+            continue
+        out.append((layer, group, float(value)))
+    return out
+
+
+@dataclass(frozen=True)
+class ReferencePattern:
+    """Target curves per layer group for one quantity; what the losses pull toward."""
+
+    quantity: Quantity
+    curves: Mapping[LayerGroup, DepthCurve]
+    label: str = ""
+
+    def target(self, group: LayerGroup | str, depth: float) -> float | None:
+        """The pattern's value for a ``group`` layer at relative ``depth``; None when the
+        pattern has no curve for that group (the loss then leaves such layers alone)."""
+        curve = self.curves.get(LayerGroup(group))
+        return None if curve is None else curve.at(depth)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "quantity": str(self.quantity),
+            "label": self.label,
+            "curves": {str(g): c.to_dict() for g, c in self.curves.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ReferencePattern:
+        return cls(
+            quantity=Quantity(data["quantity"]),
+            curves={LayerGroup(g): DepthCurve.from_dict(c) for g, c in data["curves"].items()},
+            label=str(data.get("label", "")),
+        )
+
+
+def profile_pattern(
+    profile: Profile, quantity: Quantity | str = DEFAULT_QUANTITY, *, label: str = ""
+) -> ReferencePattern:
+    """The pattern of one profile: its own per-layer values as curves over depth."""
+    quantity = Quantity(quantity)
+    points: dict[LayerGroup, list[tuple[float, float]]] = {}
+    for layer, group, value in pattern_points(profile, quantity):
+        assert layer.depth is not None  # pattern_points keeps layers with a depth only
+        points.setdefault(group, []).append((layer.depth, value))
+    if not points:
+        raise EntropyProbeError(
+            f"{profile.source}: no analysed dense or conv layer with a finite {quantity}; "
+            "it cannot serve as a reference pattern"
+        )
+    curves = {g: DepthCurve.from_points(p) for g, p in points.items()}
+    return ReferencePattern(quantity, curves, label or profile.source)
