@@ -35,6 +35,7 @@ __all__ = [
     "conv_spectral_matrices",
     "dense_log_volume",
     "fold_batchnorm_into_weight",
+    "gaussian_spectral_shape",
     "paper_conv_delta_h",
     "precise",
     "spectral_grid",
@@ -161,6 +162,28 @@ def spectral_shape(mats: Tensor) -> Tensor:
     mean_log = sum_log_singular_values(A).sum() / count
     mean_sq = (A.abs() ** 2).sum() / count
     return mean_log - 0.5 * torch.log(mean_sq)
+
+
+def gaussian_spectral_shape(m: int, n: int, blocks: int = 1) -> float:
+    """E[s] of :func:`spectral_shape` for ``blocks`` m×n matrices of iid Gaussian entries.
+
+    The baseline a random init sits at, whatever its scale: with k = min(m, n), K = max(m, n),
+    E Σ_i log σ_i² = Σ_{i<k} ψ((K−i)/2) + k·log 2 per block (Bartlett decomposition) and
+    ‖A‖_F² ~ σ²·χ²_{blocks·m·n}, so
+
+        E[s] = 1/(2k) · Σ_{i<k} ψ((K−i)/2) − ½·ψ(blocks·m·n/2) + ½·log(blocks·k)
+
+    exactly. It is 0 for one 1×1 matrix, about −½ for large square ones and → 0 for very
+    rectangular ones: trained layers are compared with it (``spectral_shape`` minus this) so
+    that layers of different aspect ratios are comparable (DESIGN.md 2.7).
+    """
+    if min(m, n, blocks) < 1:
+        raise ShapeError(f"need positive dimensions, got blocks={blocks}, m={m}, n={n}")
+    k, big = min(m, n), max(m, n)
+    halves = (big - torch.arange(k, dtype=torch.float64)) / 2
+    mean_log = float(torch.special.digamma(halves).sum()) / (2 * k)
+    frob = float(torch.special.digamma(torch.tensor(blocks * m * n / 2, dtype=torch.float64)))
+    return mean_log - 0.5 * frob + 0.5 * math.log(blocks * k)
 
 
 def dense_log_volume(weight: Tensor, method: LogDetMethod | str = LogDetMethod.AUTO) -> Tensor:

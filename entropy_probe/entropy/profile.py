@@ -29,7 +29,9 @@ class LayerEntropy:
     ``delta_h`` is the `paper` value (DESIGN.md 2.1–2.2) of the map the data really sees (an
     eval BatchNorm directly after the layer folded in); ``delta_h_raw`` the same without the
     fold. ``delta_h_per_dim`` is the mean log singular value, ``spectral_shape`` its scale-free
-    part (DESIGN.md 2.7), ``delta_h_spectral`` the exact circular-boundary value.
+    part (DESIGN.md 2.7) and ``spectral_shape_random`` the shape an iid Gaussian weight of the
+    same matrix structure has on average (the random-init baseline of the shape);
+    ``delta_h_spectral`` the exact circular-boundary value.
     """
 
     name: str
@@ -45,6 +47,7 @@ class LayerEntropy:
     delta_h_per_dim: float | None = None
     delta_h_spectral: float | None = None
     spectral_shape: float | None = None
+    spectral_shape_random: float | None = None
     delta_h_raw: float | None = None
     folded_batchnorm: str | None = None
     folded_into: str | None = None
@@ -285,6 +288,12 @@ def compute_profile(
             value = p.rule.spectral_delta_h(p.record, effective.to(dev))
             spectral = float(value) * p.record.calls if value is not None else None
         shape = per_dim - 0.5 * math.log(sum_sq / p.terms.dims) if sum_sq > 0 else -math.inf
+        mats = p.terms.matrices
+        shape_random = (
+            F.gaussian_spectral_shape(mats.shape[-2], mats.shape[-1], math.prod(mats.shape[:-2]))
+            if mats is not None
+            else None
+        )
         reason = p.record.reason
         if singular:
             reason = "a zero singular value: the layer discards information (ΔH = −inf)"
@@ -301,6 +310,7 @@ def compute_profile(
             delta_h_per_dim=per_dim,
             delta_h_spectral=spectral,
             spectral_shape=shape,
+            spectral_shape_random=shape_random,
             delta_h_raw=raw,
         )
 

@@ -6,7 +6,11 @@ A profile's analysed dense and conv layers are placed at their relative depth in
 per layer group (``dense``, ``conv``), a piecewise-linear curve of one per-layer quantity over
 that depth. Two quantities exist:
 
-* ``spectral_shape``: s = mean log σ − log sqrt(mean σ²), scale-free (the default; DESIGN 2.7);
+* ``shape_excess`` (the default): s − E[s of an iid Gaussian weight of the same structure], the
+  scale-free spectral shape s = mean log σ − log sqrt(mean σ²) (DESIGN 2.7) measured from the
+  random-init baseline (``functional.gaussian_spectral_shape``): 0 at a random init whatever
+  its scale or aspect ratio, negative where training spread the singular values;
+* ``spectral_shape``: s itself (depends on each layer's aspect ratio);
 * ``delta_h_per_dim``: mean log σ, the raw per-dimension entropy change (tracks weight scale).
 """
 
@@ -30,12 +34,14 @@ __all__ = [
     "Quantity",
     "ReferencePattern",
     "layer_group",
+    "layer_value",
     "pattern_points",
     "profile_pattern",
 ]
 
 
 class Quantity(str, Enum):
+    SHAPE_EXCESS = "shape_excess"
     SPECTRAL_SHAPE = "spectral_shape"
     DELTA_H_PER_DIM = "delta_h_per_dim"
 
@@ -51,7 +57,7 @@ class LayerGroup(str, Enum):
         return self.value
 
 
-DEFAULT_QUANTITY = Quantity.SPECTRAL_SHAPE
+DEFAULT_QUANTITY = Quantity.SHAPE_EXCESS
 
 _DENSE_KINDS = {LayerKind.LINEAR.value}
 _NOT_PATTERN = {LayerKind.BATCHNORM.value}
@@ -119,21 +125,29 @@ class DepthCurve:
         return cls(tuple(map(float, data["depths"])), tuple(map(float, data["values"])))
 
 
+def layer_value(layer: LayerEntropy, quantity: Quantity | str = DEFAULT_QUANTITY) -> float | None:
+    """The layer's value of ``quantity``, None when it has none or it is not finite."""
+    quantity = Quantity(quantity)
+    if quantity is Quantity.SHAPE_EXCESS:
+        s, base = layer.spectral_shape, layer.spectral_shape_random
+        value = None if s is None or base is None else s - base
+    else:
+        value = getattr(layer, quantity.value)
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
 def pattern_points(
     profile: Profile, quantity: Quantity | str = DEFAULT_QUANTITY
 ) -> list[tuple[LayerEntropy, LayerGroup, float]]:
     """(layer, group, value) for every analysed dense/conv layer with a finite value and a
     depth, in depth order. Singular layers (value −inf) are left out: they have no shape."""
-    quantity = Quantity(quantity)
     out = []
     for layer in profile.layers:
         group = layer_group(layer.kind)
-        value = getattr(layer, quantity.value)
+        value = layer_value(layer, quantity)
         if group is None or not layer.analysed or layer.depth is None or value is None:
             continue
-        if not math.isfinite(value):
-            continue
-        out.append((layer, group, float(value)))
+        out.append((layer, group, value))
     return out
 
 

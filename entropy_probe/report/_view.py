@@ -13,6 +13,7 @@ from typing import Any
 
 from entropy_probe.entropy.profile import LayerEntropy, Profile
 from entropy_probe.enums import LayerKind, Status
+from entropy_probe.patterns.pattern import Quantity, layer_value
 from entropy_probe.report.svg import Datum, Plot, SeriesSpec, build_plot
 
 __all__ = ["ComparisonView", "ReasonGroup", "ReportView", "Row", "SummaryItem", "build_view"]
@@ -38,6 +39,7 @@ class Row:
     status_label: str
     emp_h_out: float | None = None
     emp_delta: float | None = None
+    shape_excess: float | None = None
     estimator: str = ""
     deviation: float | None = None
     in_band: bool | None = None
@@ -199,6 +201,7 @@ def _rows(profile: Profile, comparison: ComparisonView | None) -> tuple[Row, ...
                 status_label=label,
                 emp_h_out=_as_float(emp.get("h_out_per_dim")),
                 emp_delta=_as_float(emp.get("delta_h_per_dim")),
+                shape_excess=layer_value(layer, Quantity.SHAPE_EXCESS),
                 estimator=str(emp.get("estimator") or ""),
                 deviation=match.deviation if match else None,
                 in_band=match.in_band if match else None,

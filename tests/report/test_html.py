@@ -333,14 +333,14 @@ def test_layer_entropy_fields_reach_the_table() -> None:
     headers = {th.text() for th in tree.by_id("layer-table").find_all("th")}
     expected = {
         "#", "Layer", "Kind", "Status", "Weight", "Output", "Positions", "Depth", "ΔH",
-        "ΔH/dim", "Shape s", "ΔH spectral", "ΔH raw", "H(out)/dim emp.", "ΔH/dim emp.",
+        "ΔH/dim", "Shape s", "Shape excess", "ΔH spectral", "ΔH raw", "H(out)/dim emp.", "ΔH/dim emp.",
         "Estimator", "Deviation", "Note",
     }  # fmt: skip
     assert headers == expected
     shown = {
         "name", "kind", "op_type", "status", "reason", "weight_shape", "in_shape", "out_shape",
         "positions", "delta_h", "delta_h_per_dim", "delta_h_spectral", "spectral_shape",
-        "delta_h_raw", "folded_batchnorm", "folded_into", "calls", "depth", "empirical",
+        "spectral_shape_random", "delta_h_raw", "folded_batchnorm", "folded_into", "calls", "depth", "empirical",
     }  # fmt: skip
     assert set(LayerEntropy.__dataclass_fields__) == shown
     assert Status.SKIPPED.value in {r.attrs["data-status"] for r in tree.find_all("tr")[1:]}
