@@ -259,16 +259,35 @@ def profile(json_path: str | None, all_layers: bool, **opts: Any) -> None:
     show_default=True,
     help="Where to write the HTML report (written atomically: never a partial file).",
 )
+@click.option(
+    "--reference",
+    "reference_name",
+    default="auto",
+    show_default=True,
+    metavar="auto|FAMILY|NAME|none",
+    help="Compare with the well-trained family band (auto: chosen from the architecture); "
+    "none leaves the comparison out.",
+)
 @_friendly_errors
-def report(output: str, **opts: Any) -> None:
+def report(output: str, reference_name: str, **opts: Any) -> None:
     from entropy_probe.report import write_report
 
     target = Path(output)
     if target.is_dir():
         raise EntropyProbeError(f"-o {output}: is a directory; give a file such as report.html")
+    comparison = None
+    if reference_name != "none":
+        from entropy_probe.patterns.reference import load_library
+
+        library = load_library()  # a broken reference file fails before the model loads
     result = _run_profile(opts)
+    if reference_name != "none":
+        from entropy_probe.patterns.select import compare_with
+
+        comparison = compare_with(result, reference_name, library=library)
+        click.echo(comparison.verdict() + f" ({comparison.picked})", err=True)
     try:
-        write_report(result, target)
+        write_report(result, target, comparison=comparison)
     except OSError as exc:
         raise EntropyProbeError(f"cannot write {output}: {exc.strerror or exc}") from None
     click.echo(f"wrote {output} ({target.stat().st_size / 1024:.0f} KiB)", err=True)
@@ -400,6 +419,11 @@ def plugins() -> None:
     for name, dist in sorted(get_registry().plugins.items()):
         click.echo(f"{name:16s} {dist}")
 
+
+from entropy_probe.cli_patterns import compare, reference  # noqa: E402
+
+main.add_command(compare)
+main.add_command(reference)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -128,12 +128,20 @@ class DepthCurve:
 def layer_value(layer: LayerEntropy, quantity: Quantity | str = DEFAULT_QUANTITY) -> float | None:
     """The layer's value of ``quantity``, None when it has none or it is not finite."""
     quantity = Quantity(quantity)
+    if quantity is not Quantity.DELTA_H_PER_DIM and _single_singular_value(layer):
+        return None  # one singular value: its shape is 0 whatever the weights (no information)
     if quantity is Quantity.SHAPE_EXCESS:
         s, base = layer.spectral_shape, layer.spectral_shape_random
         value = None if s is None or base is None else s - base
     else:
         value = getattr(layer, quantity.value)
     return float(value) if value is not None and math.isfinite(value) else None
+
+
+def _single_singular_value(layer: LayerEntropy) -> bool:
+    # E[s] is exactly 0 only for a single singular value (one 1×K matrix): see
+    # functional.gaussian_spectral_shape
+    return layer.spectral_shape_random is not None and abs(layer.spectral_shape_random) < 1e-12
 
 
 def pattern_points(

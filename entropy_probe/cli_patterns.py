@@ -1,0 +1,282 @@
+"""``entropy-probe compare`` and ``entropy-probe reference list|show|add``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from entropy_probe._io import atomic_write_text
+from entropy_probe.cli import _SOURCE_HELP, _friendly_errors, _model_options, _run_profile
+from entropy_probe.errors import EntropyProbeError
+from entropy_probe.patterns.compare import Comparison, family_band
+from entropy_probe.patterns.pattern import DEFAULT_QUANTITY, Quantity
+from entropy_probe.patterns.reference import (
+    Provenance,
+    Reference,
+    load_library,
+    reference_from_profile,
+    save_user_reference,
+    today,
+    user_reference_dir,
+)
+
+__all__ = ["compare", "reference"]
+
+_QUANTITY_HELP = (
+    "Per-layer quantity compared: shape_excess (scale-free spectral shape minus its random-init "
+    "value; default), spectral_shape, or delta_h_per_dim (raw, tracks weight scale)."
+)
+
+
+def _console() -> Console:
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 140)
+
+
+def _write_json(data: dict[str, Any], json_path: str) -> None:
+    text = json.dumps(data, indent=2, allow_nan=False)
+    if json_path == "-":
+        click.echo(text)
+        return
+    try:
+        atomic_write_text(json_path, text + "\n")
+    except OSError as exc:
+        raise EntropyProbeError(f"cannot write --json {json_path}: {exc.strerror or exc}") from None
+    click.echo(f"wrote {json_path}", err=True)
+
+
+def print_comparison(result: Comparison) -> None:
+    console = _console()
+    console.print(f"[bold]{result.source}[/bold]  vs  {result.picked or result.reference}")
+    console.print(
+        f"quantity {result.quantity}; band = 25–75% of the family's layers within ±0.125 "
+        f"relative depth; members: {', '.join(result.band.members)}"
+    )
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("layer", "kind", "depth", "value", "band", "deviation", ""):
+        table.add_column(col, justify="left" if col in ("layer", "kind", "") else "right")
+    for layer in result.layers:
+        table.add_row(
+            layer.name,
+            layer.kind,
+            f"{layer.depth:.2f}",
+            f"{layer.value:.3f}",
+            f"{layer.lower:.2f} … {layer.upper:.2f}",
+            f"{layer.deviation:+.2f}",
+            "" if layer.in_band else "[red]out of band[/red]",
+        )
+    console.print(table)
+    if result.not_compared:
+        console.print(
+            f"not compared (no band for their layer group): {', '.join(result.not_compared)}"
+        )
+    console.print(f"[bold]{result.verdict()}[/bold]")
+
+
+@click.command(
+    help="""Compare SOURCE's entropy pattern with well-trained networks of its family.
+
+    \b
+    For every analysed dense/conv layer: its deviation from the family band at the same
+    relative depth (in half band widths; |deviation| <= 1 is inside), the layers outside
+    the band, and one agreement score in [0, 1] (1 = every layer inside the band, a layer
+    counts 0 beyond twice the band's half width). --reference auto picks the family from
+    the architecture and says which; see `entropy-probe reference list`.
+    """
+    + _SOURCE_HELP
+)
+@_model_options("paper")
+@click.option(
+    "--reference",
+    "reference_name",
+    default="auto",
+    show_default=True,
+    metavar="auto|FAMILY|NAME",
+    help="Family to compare with (auto: chosen from the architecture), or one reference.",
+)
+@click.option(
+    "--quantity",
+    type=click.Choice([q.value for q in Quantity]),
+    default=DEFAULT_QUANTITY.value,
+    show_default=True,
+    help=_QUANTITY_HELP,
+)
+@click.option(
+    "--json",
+    "json_path",
+    metavar="PATH|-",
+    help="Write the comparison as strict JSON (schema entropy_probe.comparison/1); - for stdout.",
+)
+@_friendly_errors
+def compare(reference_name: str, quantity: str, json_path: str | None, **opts: Any) -> None:
+    from entropy_probe.patterns.select import compare_with
+
+    library = load_library()  # fail on a broken user reference before the model loads
+    result = compare_with(_run_profile(opts), reference_name, quantity=quantity, library=library)
+    if json_path:
+        _write_json(result.to_dict(), json_path)
+        if json_path == "-":
+            return
+    print_comparison(result)
+
+
+@click.group(name="reference")
+def reference() -> None:
+    """The reference library: well-trained networks whose patterns `compare` uses.
+
+    \b
+    Shipped references are built by `python scripts/build_references.py`; your own go to
+    $ENTROPY_PROBE_REFERENCE_DIR (default ~/.local/share/entropy_probe/references).
+    """
+
+
+@reference.command(name="list")
+@_friendly_errors
+def reference_list() -> None:
+    """Every reference, grouped by family, with its provenance."""
+    library = load_library()
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("family", "name", "layers", "metric", "checkpoint", "origin"):
+        table.add_column(col)
+    for family, members in library.families.items():
+        for ref in members:
+            prov = ref.provenance
+            metric = (
+                f"{prov.metric} {prov.metric_value:.4g}"
+                if prov.metric_value is not None
+                else prov.metric or "vendor-trained"
+            )
+            origin = "user" if ref.user else "shipped"
+            table.add_row(family, ref.name, str(ref.layers), metric, prov.checkpoint, origin)
+    console = _console()
+    console.print(table)
+    console.print(f"user references: {user_reference_dir()}")
+
+
+def _show_reference(ref: Reference, quantity: Quantity) -> dict[str, Any]:
+    return {**ref.to_dict(), "pattern": ref.pattern(quantity).to_dict()}
+
+
+@reference.command(name="show")
+@click.argument("name")
+@click.option(
+    "--quantity",
+    type=click.Choice([q.value for q in Quantity]),
+    default=DEFAULT_QUANTITY.value,
+    show_default=True,
+    help=_QUANTITY_HELP,
+)
+@click.option("--json", "json_path", metavar="PATH|-", help="Write it as JSON; - for stdout.")
+@_friendly_errors
+def reference_show(name: str, quantity: str, json_path: str | None) -> None:
+    """One reference (NAME) or a whole family's band (FAMILY)."""
+    library = load_library()
+    q = Quantity(quantity)
+    if name in library.families:
+        band = family_band(name, library.family(name), q)
+        data: dict[str, Any] = band.to_dict()
+        if json_path:
+            _write_json(data, json_path)
+            return
+        console = _console()
+        console.print(f"[bold]family {name}[/bold]: {', '.join(band.members)}  ({q})")
+        table = Table(show_edge=False, pad_edge=False)
+        for col in ("group", "depth", "lower", "center", "upper"):
+            table.add_column(col, justify="right")
+        for group, band_points in band.points.items():
+            for p in band_points[::2]:
+                table.add_row(
+                    str(group),
+                    f"{p.depth:.2f}",
+                    f"{p.lower:.3f}",
+                    f"{p.center:.3f}",
+                    f"{p.upper:.3f}",
+                )
+        console.print(table)
+        return
+    ref = library.get(name)
+    data = _show_reference(ref, q)
+    if json_path:
+        _write_json(data, json_path)
+        return
+    console = _console()
+    prov = ref.provenance
+    console.print(f"[bold]{ref.name}[/bold]  family {ref.family}  ({ref.architecture})")
+    console.print(f"checkpoint: {prov.checkpoint}  sha256 {prov.sha256[:12] or '—'}")
+    console.print(f"data: {prov.data}")
+    metric = f"{prov.metric} = {prov.metric_value}" if prov.metric_value is not None else "—"
+    console.print(f"metric: {metric}   built {prov.date} by {prov.command or '—'}")
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("group", "depth", str(q)):
+        table.add_column(col, justify="right")
+    for group, points in ref.points.get(q, {}).items():
+        for depth, value in points:
+            table.add_row(str(group), f"{depth:.2f}", f"{value:.3f}")
+    console.print(table)
+
+
+def _parse_metric(text: str | None) -> tuple[str, float | None]:
+    if not text:
+        return "", None
+    label, sep, value = text.rpartition("=")
+    if not sep or not label.strip():
+        raise click.BadParameter(f"{text!r}: expected LABEL=VALUE, e.g. 'val accuracy=0.973'")
+    try:
+        return label.strip(), float(value)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: the value after '=' must be a number") from None
+
+
+@reference.command(name="add")
+@_model_options("paper")
+@click.option("--name", required=True, help="Name of the new reference (letters, digits, _-.).")
+@click.option(
+    "--family",
+    required=True,
+    help="Family it belongs to: an existing one (see `reference list`) or a new name.",
+)
+@click.option(
+    "--metric",
+    metavar="LABEL=VALUE",
+    help="The metric it reached, e.g. 'held-out accuracy=0.973' (recorded as provenance).",
+)
+@click.option("--trained-on", "trained_on", default="", help="What it was trained on (provenance).")
+@_friendly_errors
+def reference_add(name: str, family: str, metric: str | None, trained_on: str, **opts: Any) -> None:
+    """Add a well-trained checkpoint SOURCE of yours as a reference.
+
+    It is profiled now and stored as one JSON file in your reference directory (never inside
+    the installed package); `compare --reference FAMILY` then includes it in the band.
+    """
+    label, value = _parse_metric(metric)
+    load_library()  # a broken user directory fails before the model loads
+    result = _run_profile(opts)
+    provenance = Provenance(
+        checkpoint=opts["source"] if "/" not in opts["source"] else opts["source"].split("/")[-1],
+        sha256=_sha_of(opts),
+        data=trained_on,
+        metric=label,
+        metric_value=value,
+        date=today(),
+        command="entropy-probe reference add",
+    )
+    ref = reference_from_profile(
+        result, name=name, family=family, architecture=result.format, provenance=provenance
+    )
+    path = save_user_reference(ref)
+    click.echo(f"added reference {name} (family {family}, {ref.layers} layers) → {path}")
+
+
+def _sha_of(opts: dict[str, Any]) -> str:
+    from pathlib import Path
+
+    from entropy_probe.patterns.reference import file_sha256
+
+    for candidate in (opts.get("weights"), opts.get("source")):
+        if candidate and Path(candidate).is_file():
+            return file_sha256(candidate)
+    return ""

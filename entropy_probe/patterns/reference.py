@@ -1,0 +1,310 @@
+"""Reference networks: the per-layer pattern of one well-trained checkpoint, with provenance,
+and where references live (the shipped library and the user's own directory).
+
+A reference stores its layers' raw (depth, value) points for every quantity, so bands can be
+rebuilt with any grid or quantity later. The shipped library is package data
+(``entropy_probe/patterns/data/references.json``, rebuilt by ``scripts/build_references.py``);
+user references are one JSON file each under :func:`user_reference_dir`, never inside the
+installed package.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from entropy_probe._io import atomic_write_text
+from entropy_probe.entropy.profile import Profile
+from entropy_probe.errors import EntropyProbeError, SourceError, UnknownNameError
+from entropy_probe.patterns.pattern import (
+    DepthCurve,
+    LayerGroup,
+    Quantity,
+    ReferencePattern,
+    pattern_points,
+)
+
+__all__ = [
+    "REFERENCE_SCHEMA",
+    "USER_DIR_ENV",
+    "Provenance",
+    "Reference",
+    "ReferenceLibrary",
+    "file_sha256",
+    "load_library",
+    "reference_from_profile",
+    "user_reference_dir",
+]
+
+REFERENCE_SCHEMA = "entropy_probe.references/1"
+USER_DIR_ENV = "ENTROPY_PROBE_REFERENCE_DIR"
+_SHIPPED = "references.json"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+Points = tuple[tuple[float, float], ...]
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a reference came from: enough to rebuild it and to judge it."""
+
+    checkpoint: str  # what was profiled, by package/repo-relative name (never a machine path)
+    sha256: str  # of the checkpoint file ("" when it is built in code)
+    data: str  # what it was trained on
+    metric: str = ""  # e.g. "held-out accuracy"; "" when the vendor publishes none we can check
+    metric_value: float | None = None
+    date: str = ""  # ISO date the reference was built
+    command: str = ""  # the command that built it
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "checkpoint": self.checkpoint,
+            "sha256": self.sha256,
+            "data": self.data,
+            "metric": self.metric,
+            "metric_value": self.metric_value,
+            "date": self.date,
+            "command": self.command,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Provenance:
+        value = data.get("metric_value")
+        return cls(
+            checkpoint=str(data.get("checkpoint", "")),
+            sha256=str(data.get("sha256", "")),
+            data=str(data.get("data", "")),
+            metric=str(data.get("metric", "")),
+            metric_value=None if value is None else float(value),
+            date=str(data.get("date", "")),
+            command=str(data.get("command", "")),
+        )
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One well-trained network's pattern: per quantity and layer group, its layers' (relative
+    depth, value) points."""
+
+    name: str
+    family: str
+    architecture: str
+    provenance: Provenance
+    points: Mapping[Quantity, Mapping[LayerGroup, Points]]
+    layers: int = 0  # analysed dense/conv layers
+    user: bool = field(default=False, compare=False)  # from the user directory
+
+    def pattern(self, quantity: Quantity | str) -> ReferencePattern:
+        quantity = Quantity(quantity)
+        groups = self.points.get(quantity, {})
+        curves = {g: DepthCurve.from_points(p) for g, p in groups.items() if p}
+        if not curves:
+            raise EntropyProbeError(f"reference {self.name!r} has no {quantity} values")
+        return ReferencePattern(quantity, curves, self.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "family": self.family,
+            "architecture": self.architecture,
+            "layers": self.layers,
+            "provenance": self.provenance.to_dict(),
+            "points": {
+                str(q): {str(g): [[round(d, 6), v] for d, v in pts] for g, pts in groups.items()}
+                for q, groups in self.points.items()
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, user: bool = False) -> Reference:
+        try:
+            points = {
+                Quantity(q): {
+                    LayerGroup(g): tuple((float(d), float(v)) for d, v in pts)
+                    for g, pts in groups.items()
+                }
+                for q, groups in data["points"].items()
+            }
+            return cls(
+                name=str(data["name"]),
+                family=str(data["family"]),
+                architecture=str(data.get("architecture", "")),
+                provenance=Provenance.from_dict(data.get("provenance", {})),
+                points=points,
+                layers=int(data.get("layers", 0)),
+                user=user,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SourceError(f"malformed reference record: {exc}") from None
+
+
+def reference_from_profile(
+    profile: Profile,
+    *,
+    name: str,
+    family: str,
+    architecture: str,
+    provenance: Provenance,
+) -> Reference:
+    """Turn a well-trained network's profile into a reference (all quantities kept)."""
+    _check_name(name, "reference name")
+    _check_name(family, "family name")
+    points: dict[Quantity, dict[LayerGroup, Points]] = {}
+    layers = 0
+    for quantity in Quantity:
+        groups: dict[LayerGroup, list[tuple[float, float]]] = {}
+        for layer, group, value in pattern_points(profile, quantity):
+            assert layer.depth is not None  # pattern_points keeps layers with a depth only
+            groups.setdefault(group, []).append((round(layer.depth, 6), value))
+        points[quantity] = {g: tuple(p) for g, p in groups.items()}
+        layers = max(layers, sum(len(p) for p in groups.values()))
+    if not layers:
+        raise EntropyProbeError(
+            f"{profile.source}: no analysed dense or conv layer, so it cannot be a reference"
+        )
+    return Reference(name, family, architecture, provenance, points, layers)
+
+
+def _check_name(name: str, what: str) -> None:
+    if not _NAME.match(name):
+        raise EntropyProbeError(
+            f"{what} {name!r} is not allowed: use 1–64 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit"
+        )
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def today() -> str:
+    return dt.date.today().isoformat()
+
+
+# --------------------------------------------------------------------------------------------
+# storage
+
+
+def user_reference_dir() -> Path:
+    """Where ``reference add`` stores user references: ``$ENTROPY_PROBE_REFERENCE_DIR``, else
+    ``$XDG_DATA_HOME/entropy_probe/references`` (default ``~/.local/share/...``)."""
+    explicit = os.environ.get(USER_DIR_ENV)
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base).expanduser() / "entropy_probe" / "references"
+
+
+def library_document(references: Iterable[Reference]) -> dict[str, Any]:
+    """The shipped file's JSON document (references sorted by family, then name)."""
+    ordered = sorted(references, key=lambda r: (r.family, r.name))
+    return {"schema": REFERENCE_SCHEMA, "references": [r.to_dict() for r in ordered]}
+
+
+def _read_document(text: str, where: str, *, user: bool) -> list[Reference]:
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SourceError(f"{where} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    if not isinstance(document, dict) or document.get("schema") != REFERENCE_SCHEMA:
+        found = document.get("schema") if isinstance(document, dict) else type(document).__name__
+        raise SourceError(
+            f"{where} has schema {found!r}, expected {REFERENCE_SCHEMA!r}: not a reference file "
+            "written by this version of entropy-probe"
+        )
+    try:
+        return [Reference.from_dict(r, user=user) for r in document["references"]]
+    except SourceError as exc:
+        raise SourceError(f"{where}: {exc}") from None
+
+
+def shipped_references() -> list[Reference]:
+    resource = resources.files("entropy_probe.patterns") / "data" / _SHIPPED
+    if not resource.is_file():
+        return []
+    return _read_document(resource.read_text(encoding="utf-8"), _SHIPPED, user=False)
+
+
+def user_references(directory: Path | None = None) -> list[Reference]:
+    directory = directory or user_reference_dir()
+    if not directory.is_dir():
+        return []
+    out = []
+    for path in sorted(directory.glob("*.json")):
+        out.extend(_read_document(path.read_text(encoding="utf-8"), str(path), user=True))
+    return out
+
+
+@dataclass(frozen=True)
+class ReferenceLibrary:
+    """The shipped references plus the user's, by name and by family."""
+
+    references: tuple[Reference, ...]
+
+    @property
+    def families(self) -> dict[str, list[Reference]]:
+        out: dict[str, list[Reference]] = {}
+        for ref in self.references:
+            out.setdefault(ref.family, []).append(ref)
+        return dict(sorted(out.items()))
+
+    def get(self, name: str) -> Reference:
+        for ref in self.references:
+            if ref.name == name:
+                return ref
+        raise _unknown("reference", name, [r.name for r in self.references])
+
+    def family(self, family: str, *, exclude: Iterable[str] = ()) -> list[Reference]:
+        members = [r for r in self.families.get(family, []) if r.name not in set(exclude)]
+        if family not in self.families:
+            raise _unknown("reference family", family, list(self.families))
+        return members
+
+
+def _unknown(what: str, name: str, valid: list[str]) -> UnknownNameError:
+    import difflib
+
+    close = difflib.get_close_matches(name, valid, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    listing = ", ".join(sorted(valid)) or "none"
+    return UnknownNameError(f"unknown {what} {name!r}{hint} (known: {listing})")
+
+
+def load_library(user_dir: Path | None = None) -> ReferenceLibrary:
+    """Shipped plus user references; a user reference may not reuse a shipped name."""
+    shipped = shipped_references()
+    names = {r.name for r in shipped}
+    user = user_references(user_dir)
+    clash = [r.name for r in user if r.name in names]
+    if clash:
+        raise SourceError(
+            f"user reference(s) {', '.join(clash)} reuse shipped names: rename or remove them "
+            f"in {user_dir or user_reference_dir()}"
+        )
+    return ReferenceLibrary(tuple(shipped + user))
+
+
+def save_user_reference(reference: Reference, directory: Path | None = None) -> Path:
+    """Write one user reference atomically as ``<name>.json``; refuses to overwrite."""
+    directory = directory or user_reference_dir()
+    library = load_library(directory)
+    if any(r.name == reference.name for r in library.references):
+        raise EntropyProbeError(
+            f"a reference named {reference.name!r} exists already: choose another --name "
+            "(or delete the user file first)"
+        )
+    path = directory / f"{reference.name}.json"
+    text = json.dumps(library_document([reference]), indent=1, allow_nan=False)
+    return atomic_write_text(path, text + "\n")

@@ -1,0 +1,278 @@
+"""Patterns over depth, family bands and the comparison score (DESIGN.md 2.6–2.7)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from entropy_probe.api import profile_loaded
+from entropy_probe.default_model import load_default_model
+from entropy_probe.entropy.profile import LayerEntropy, Profile
+from entropy_probe.enums import Status
+from entropy_probe.errors import EntropyProbeError
+from entropy_probe.loading import LoadedModel
+from entropy_probe.patterns.compare import (
+    MIN_HALF_WIDTH,
+    _weighted_quantile,
+    compare_profile,
+    family_band,
+)
+from entropy_probe.patterns.pattern import (
+    DepthCurve,
+    LayerGroup,
+    Quantity,
+    layer_value,
+    pattern_points,
+    profile_pattern,
+)
+from entropy_probe.patterns.reference import Provenance, Reference, reference_from_profile
+from entropy_probe.patterns.select import Traits, guess_family
+
+pytestmark = pytest.mark.usefixtures("builtin_plugins_only")
+
+PROV = Provenance(checkpoint="test", sha256="", data="none")
+
+
+def layer(name: str, kind: str, depth: float, s: float, base: float = -0.5) -> LayerEntropy:
+    return LayerEntropy(
+        name=name,
+        kind=kind,
+        op_type=kind,
+        status=Status.OK,
+        depth=depth,
+        spectral_shape=s,
+        spectral_shape_random=base,
+        delta_h_per_dim=s,
+    )
+
+
+def make_profile(*layers: LayerEntropy, input_shape: tuple[int, ...] = (1, 8, 8)) -> Profile:
+    return Profile(source="t", format="test", input_shape=input_shape, layers=tuple(layers))
+
+
+def ref(name: str, points: dict[LayerGroup, list[tuple[float, float]]]) -> Reference:
+    groups = {g: tuple(p) for g, p in points.items()}
+    return Reference(name, "fam", "arch", PROV, {Quantity.SHAPE_EXCESS: groups}, layers=1)
+
+
+def default_profile(model: torch.nn.Module | None = None) -> Profile:
+    module = model if model is not None else load_default_model()
+    return profile_loaded(
+        LoadedModel(source="default", format="torch", module=module, input_shape=(1, 28, 28)),
+        progress=False,
+    )
+
+
+# -- depth curves --------------------------------------------------------------------------
+
+
+def test_depth_curve_interpolates_and_clamps() -> None:
+    curve = DepthCurve((0.0, 0.5, 1.0), (1.0, 3.0, -1.0))
+    assert curve.at(0.25) == pytest.approx(2.0)
+    assert curve.at(0.75) == pytest.approx(1.0)
+    assert curve.at(-1.0) == 1.0 and curve.at(2.0) == -1.0
+
+
+def test_depth_curve_from_points_averages_equal_depths() -> None:
+    curve = DepthCurve.from_points([(0.5, 1.0), (0.0, 4.0), (0.5, 3.0)])
+    assert curve.depths == (0.0, 0.5) and curve.values == (4.0, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("depths", "values"), [((), ()), ((0.0, 1.0), (1.0,)), ((1.0, 0.0), (1.0, 2.0))]
+)
+def test_depth_curve_rejects_bad_input(
+    depths: tuple[float, ...], values: tuple[float, ...]
+) -> None:
+    with pytest.raises(ValueError):
+        DepthCurve(depths, values)
+
+
+# -- per-layer quantity ------------------------------------------------------------------------
+
+
+def test_shape_excess_is_shape_minus_random_baseline() -> None:
+    item = layer("a", "conv2d", 0.0, -0.8, base=-0.5)
+    assert layer_value(item, Quantity.SHAPE_EXCESS) == pytest.approx(-0.3)
+    assert layer_value(item, Quantity.SPECTRAL_SHAPE) == pytest.approx(-0.8)
+
+
+def test_a_single_singular_value_has_no_shape() -> None:
+    item = layer("a", "conv2d", 0.0, 0.0, base=0.0)
+    assert layer_value(item, Quantity.SHAPE_EXCESS) is None
+    assert layer_value(item, Quantity.DELTA_H_PER_DIM) == 0.0
+
+
+def test_pattern_points_leave_out_batchnorm_singular_and_skipped() -> None:
+    bn = replace(layer("bn", "batchnorm", 0.5, -0.1), depth=None)
+    singular = replace(layer("s", "linear", 0.5, -math.inf), status=Status.SINGULAR)
+    skipped = replace(layer("k", "conv2d", 0.5, -0.2), status=Status.SKIPPED)
+    kept = layer("ok", "linear", 1.0, -0.9)
+    points = pattern_points(make_profile(bn, singular, skipped, kept))
+    assert [(p[0].name, p[1]) for p in points] == [("ok", LayerGroup.DENSE)]
+
+
+def test_profile_pattern_of_the_default_model() -> None:
+    prof = default_profile()
+    pattern = profile_pattern(prof)
+    assert set(pattern.curves) == {LayerGroup.CONV, LayerGroup.DENSE}
+    for item, group, value in pattern_points(prof):
+        assert item.depth is not None
+        assert pattern.target(group, item.depth) == pytest.approx(value)
+
+
+def test_profile_pattern_needs_a_layer() -> None:
+    with pytest.raises(EntropyProbeError, match="no analysed dense or conv layer"):
+        profile_pattern(make_profile())
+
+
+# -- bands ----------------------------------------------------------------------------------
+
+
+def test_weighted_quantile_midpoint_rule() -> None:
+    assert _weighted_quantile([1.0, 3.0], [1.0, 1.0], 0.5) == pytest.approx(2.0)
+    assert _weighted_quantile([1.0, 3.0], [1.0, 1.0], 0.1) == 1.0
+    # cumulative midpoints 1/8, 3/8, 6/8: q = 1/2 lies a third of the way from 2 to 10
+    assert _weighted_quantile([1.0, 2.0, 10.0], [1.0, 1.0, 2.0], 0.5) == pytest.approx(14 / 3)
+
+
+def test_band_weights_references_equally_whatever_their_layer_count() -> None:
+    many = ref("many", {LayerGroup.CONV: [(d / 10, -1.0) for d in range(11)]})
+    few = ref("few", {LayerGroup.CONV: [(0.0, 0.0), (1.0, 0.0)]})
+    band = family_band("fam", [many, few])
+    point = band.at(LayerGroup.CONV, 0.5)
+    assert point is not None
+    # "many" has 3 layers within the window (weight 1/3 each), "few" none, so its 2 nearest
+    # count (1/2 each): one vote per reference puts the median between them (midpoint rule:
+    # -0.6), where counting layers would have given -1
+    assert point.center == pytest.approx(-0.6)
+
+
+def test_band_never_thinner_than_the_floor() -> None:
+    band = family_band("fam", [ref("a", {LayerGroup.DENSE: [(0.5, -0.4)]})])
+    point = band.at(LayerGroup.DENSE, 0.3)
+    assert point is not None
+    assert point.upper - point.center == pytest.approx(MIN_HALF_WIDTH)
+    assert point.center - point.lower == pytest.approx(MIN_HALF_WIDTH)
+    assert band.at(LayerGroup.CONV, 0.3) is None
+
+
+def test_band_needs_members() -> None:
+    with pytest.raises(EntropyProbeError, match="no members"):
+        family_band("fam", [])
+
+
+# -- comparison ---------------------------------------------------------------------------------
+
+
+def test_deviation_in_half_band_widths_and_score() -> None:
+    band = family_band("fam", [ref("a", {LayerGroup.DENSE: [(0.0, -1.0), (1.0, -1.0)]})])
+    half = MIN_HALF_WIDTH
+    prof = make_profile(
+        layer("in", "linear", 0.0, -1.0 + 0.5 * half - 0.5),
+        layer("edge", "linear", 0.5, -1.0 - 1.5 * half - 0.5),
+        layer("far", "linear", 1.0, -1.0 + 3.0 * half - 0.5),
+    )
+    result = compare_profile(prof, band)
+    got = {x.name: (x.deviation, x.in_band) for x in result.layers}
+    assert got["in"][0] == pytest.approx(0.5) and got["in"][1]
+    assert got["edge"][0] == pytest.approx(-1.5) and not got["edge"][1]
+    assert got["far"][0] == pytest.approx(3.0) and not got["far"][1]
+    assert result.score == pytest.approx((1.0 + 0.5 + 0.0) / 3)
+    assert [x.name for x in result.out_of_band] == ["edge", "far"]
+
+
+def test_layers_without_a_band_are_listed_not_scored() -> None:
+    band = family_band("fam", [ref("a", {LayerGroup.DENSE: [(0.0, -1.0)]})])
+    result = compare_profile(make_profile(layer("c", "conv2d", 0.0, -1.0)), band)
+    assert result.score is None and result.not_compared == ("c",)
+    assert "no layer could be compared" in result.verdict()
+
+
+def test_a_network_agrees_fully_with_itself() -> None:
+    prof = default_profile()
+    own = reference_from_profile(
+        prof, name="self", family="fam", architecture="cnn", provenance=PROV
+    )
+    result = compare_profile(prof, family_band("fam", [own]))
+    assert result.score == pytest.approx(1.0)
+    assert all(x.in_band for x in result.layers)
+    data = result.to_dict()
+    assert data["schema"] == "entropy_probe.comparison/1"
+    assert {"reference", "score", "layers"} <= set(data)
+    assert set(data["layers"][0]) >= {"name", "deviation", "in_band"}
+
+
+# -- scale controls (DESIGN.md 2.7) ----------------------------------------------------------
+
+
+def _reference_band() -> object:
+    own = reference_from_profile(
+        default_profile(), name="self", family="fam", architecture="cnn", provenance=PROV
+    )
+    return family_band("fam", [own])
+
+
+def test_rescaling_every_layer_does_not_change_the_comparison() -> None:
+    band = _reference_band()
+    model = load_default_model()
+    with torch.no_grad():
+        for i, module in enumerate(m for m in model.modules() if hasattr(m, "weight")):
+            module.weight.mul_(0.1 * (i + 2))  # type: ignore[operator]
+    scaled = compare_profile(default_profile(model), band)  # type: ignore[arg-type]
+    plain = compare_profile(default_profile(), band)  # type: ignore[arg-type]
+    assert scaled.score == pytest.approx(plain.score, abs=1e-9)
+
+
+def test_function_preserving_conv_rescale_in_a_bn_network_changes_nothing() -> None:
+    """Scale a conv by a and its BatchNorm's running statistics to match: the network computes
+    the same function, so even the raw folded ΔH/dim must not move."""
+    model = load_default_model().eval()
+    x = torch.rand(4, 1, 28, 28)
+    before = model(x)
+    conv, bn = model.features[4], model.features[5]
+    a = 7.0
+    with torch.no_grad():
+        conv.weight.mul_(a)
+        conv.bias.mul_(a)
+        bn.running_mean.mul_(a)
+        bn.running_var.mul_(a * a)
+        bn.eps *= a * a  # var + eps scales exactly by a²
+    torch.testing.assert_close(model(x), before, rtol=1e-4, atol=1e-4)
+    plain, scaled = default_profile(), default_profile(model)
+    for q in Quantity:
+        a_vals = [v for _, _, v in pattern_points(plain, q)]
+        b_vals = [v for _, _, v in pattern_points(scaled, q)]
+        assert a_vals == pytest.approx(b_vals, abs=1e-6), q
+
+
+# -- family choice ----------------------------------------------------------------------------
+
+
+def test_auto_family_from_the_architecture() -> None:
+    families = ["classifier_cnn", "conv_autoencoder", "dense_autoencoder", "encoder_decoder"]
+    classifier = default_profile()
+    assert guess_family(classifier, families)[0] == "classifier_cnn"
+    dense_ae = make_profile(
+        replace(layer("enc", "linear", 0.0, -0.5), out_shape=(32,)),
+        replace(layer("dec", "linear", 1.0, -0.5), out_shape=(64,)),
+    )
+    assert guess_family(dense_ae, families)[0] == "dense_autoencoder"
+    segmenter = make_profile(
+        replace(layer("enc", "conv2d", 0.0, -0.5), out_shape=(16, 4, 4)),
+        replace(layer("head", "conv2d", 1.0, -0.5), out_shape=(2, 8, 8)),
+        input_shape=(1, 8, 8),
+    )
+    assert Traits.of(segmenter).dense_prediction
+    assert guess_family(segmenter, families)[0] == "encoder_decoder"
+    conv_ae = make_profile(
+        replace(layer("enc", "conv2d", 0.0, -0.5), out_shape=(16, 4, 4)),
+        replace(layer("dec", "conv_transpose2d", 1.0, -0.5), out_shape=(1, 8, 8)),
+        input_shape=(1, 8, 8),
+    )
+    assert guess_family(conv_ae, families)[0] == "conv_autoencoder"
+    family, why = guess_family(conv_ae, ["classifier_cnn", "encoder_decoder"])
+    assert family == "encoder_decoder" and "per-pixel" in why
