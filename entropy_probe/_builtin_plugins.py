@@ -33,6 +33,7 @@ def register(registrar: PluginRegistrar) -> None:
     from entropy_probe.loading.smp_loader import SmpLoader
     from entropy_probe.loading.timm_loader import TimmLoader
     from entropy_probe.loading.torch_file import SafetensorsLoader, StateDictLoader
+    from entropy_probe.loading.zoo_loader import ZooLoader
 
     for loader in (
         DefaultLoader(),
@@ -41,6 +42,7 @@ def register(registrar: PluginRegistrar) -> None:
         OnnxLoader(),
         StateDictLoader(),
         SafetensorsLoader(),
+        ZooLoader(),
     ):
         registrar.add_loader(loader)
     for rule in builtin_rules():
