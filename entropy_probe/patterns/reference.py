@@ -41,6 +41,7 @@ __all__ = [
     "file_sha256",
     "load_library",
     "reference_from_profile",
+    "unknown_name",
     "user_reference_dir",
 ]
 
@@ -264,16 +265,16 @@ class ReferenceLibrary:
         for ref in self.references:
             if ref.name == name:
                 return ref
-        raise _unknown("reference", name, [r.name for r in self.references])
+        raise unknown_name("reference", name, [r.name for r in self.references])
 
     def family(self, family: str, *, exclude: Iterable[str] = ()) -> list[Reference]:
         members = [r for r in self.families.get(family, []) if r.name not in set(exclude)]
         if family not in self.families:
-            raise _unknown("reference family", family, list(self.families))
+            raise unknown_name("reference family", family, list(self.families))
         return members
 
 
-def _unknown(what: str, name: str, valid: list[str]) -> UnknownNameError:
+def unknown_name(what: str, name: str, valid: list[str]) -> UnknownNameError:
     import difflib
 
     close = difflib.get_close_matches(name, valid, n=1)

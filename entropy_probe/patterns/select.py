@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from entropy_probe.entropy.profile import Profile
 from entropy_probe.errors import UnknownNameError
@@ -22,7 +23,7 @@ from entropy_probe.patterns.pattern import (
     layer_group,
     profile_pattern,
 )
-from entropy_probe.patterns.reference import ReferenceLibrary, load_library
+from entropy_probe.patterns.reference import ReferenceLibrary, load_library, unknown_name
 
 __all__ = ["AUTO", "Traits", "compare_with", "guess_family", "resolve_band", "resolve_pattern"]
 
@@ -105,12 +106,16 @@ def resolve_band(
     families = list(library.families)
     if reference == AUTO:
         family, why = guess_family(profile, families)
-        picked = f"auto: {family} ({why})"
+        picked = f"picked automatically: {why}"
     elif reference in library.families:
         family, picked = reference, f"family {reference}"
-    else:
-        single = library.get(reference)  # raises with the known names and a close match
+    elif any(r.name == reference for r in library.references):
+        single = library.get(reference)
         return family_band(single.name, [single], quantity), f"reference {single.name}"
+    else:
+        raise unknown_name(
+            "reference", reference, [AUTO, *families, *(r.name for r in library.references)]
+        )
     members = library.family(family, exclude=exclude)
     return family_band(family, members, quantity), picked
 
@@ -154,6 +159,12 @@ def resolve_pattern(
         return band.pattern()
     if any(r.name == reference for r in library.references):
         return library.get(reference).pattern(quantity)
+    if ":" not in reference and reference != "default" and not Path(reference).exists():
+        raise unknown_name(
+            "reference (family, reference name or checkpoint)",
+            reference,
+            [AUTO, *library.families, *(r.name for r in library.references)],
+        )
     if profile_source is None:
         from entropy_probe.api import profile as profile_source_default
 

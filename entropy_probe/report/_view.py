@@ -57,6 +57,7 @@ class ComparisonLayer:
     name: str
     deviation: float | None
     in_band: bool | None
+    value: float | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,11 @@ class ComparisonView:
     score: float | None
     reference: str
     layers: tuple[ComparisonLayer, ...]
+    picked: str = ""
+    quantity: str = ""
+    members: tuple[str, ...] = ()
+    # layer group -> [(depth, lower, center, upper)] of the family band
+    band: tuple[tuple[str, tuple[tuple[float, float, float, float], ...]], ...] = ()
 
     @property
     def out_of_band(self) -> tuple[ComparisonLayer, ...]:
@@ -167,13 +173,38 @@ def comparison_view(comparison: Any) -> ComparisonView | None:
                 name=str(_field(item, "name")),
                 deviation=_as_float(_field(item, "deviation")),
                 in_band=None if in_band is None else bool(in_band),
+                value=_as_float(_field(item, "value")),
             )
         )
     return ComparisonView(
         score=_as_float(_field(comparison, "score")),
         reference=str(ref_name if isinstance(ref_name, str) else (reference or "—")),
         layers=tuple(layers),
+        picked=str(_field(comparison, "picked") or ""),
+        quantity=str(_field(comparison, "quantity") or ""),
+        members=tuple(str(m) for m in (_field(_field(comparison, "band"), "members") or ())),
+        band=_band_points(_field(comparison, "band")),
     )
+
+
+def _band_points(
+    band: Any,
+) -> tuple[tuple[str, tuple[tuple[float, float, float, float], ...]], ...]:
+    """A family band's points by layer group, from a FamilyBand or its dict form."""
+    if band is None:
+        return ()
+    if hasattr(band, "to_dict"):
+        band = band.to_dict()
+    points = _field(band, "points") or {}
+    out = []
+    try:
+        for group, rows in points.items():
+            quads = tuple(tuple(float(v) for v in row[:4]) for row in rows)
+            if all(len(q) == 4 and all(math.isfinite(v) for v in q) for q in quads):
+                out.append((str(group), quads))
+    except (AttributeError, TypeError, ValueError):
+        return ()
+    return tuple(out)  # type: ignore[arg-type]
 
 
 def _status(layer: LayerEntropy) -> tuple[str, str]:
@@ -215,6 +246,50 @@ def _tip(row: Row, *parts: str) -> str:
     head = f"#{row.index} {layer.name} ({layer.kind})"
     depth = f"depth {layer.depth:.3f}" if layer.depth is not None else ""
     return "\n".join(p for p in (head, depth, *parts) if p)
+
+
+def _band_plot(rows: Sequence[Row], comp: ComparisonView) -> Plot:
+    series = []
+    by_name = {c.name: c for c in comp.layers}
+    for group, quads in comp.band:
+        css = "s-dense" if group == "dense" else "s-conv"
+        for index, label in ((1, "lower"), (2, "centre"), (3, "upper")):
+            data = [
+                Datum(q[0], q[index], f"{group} band {label} at depth {q[0]:.2f}: {q[index]:.3f}")
+                for q in quads
+            ]
+            series.append(
+                SeriesSpec(
+                    f"{group} band {label}",
+                    css,
+                    data,
+                    line=True,
+                    marks=False,
+                    dashed=index != 2,
+                    legend=index == 2,
+                )
+            )
+    for family, shape in (("conv", "circle"), ("dense", "square")):
+        data = []
+        for r in rows:
+            match = by_name.get(r.layer.name)
+            if r.family != family or match is None or match.value is None:
+                continue
+            where = "inside" if match.in_band else "OUTSIDE"
+            tip = _tip(r, f"{comp.quantity} = {fmt_num(match.value)}", f"{where} the band")
+            data.append(Datum(r.layer.depth or 0.0, match.value, tip, r.row_id, not match.in_band))
+        series.append(SeriesSpec(f"this model, {family}", f"s-{family}", data, shape=shape))  # type: ignore[arg-type]
+    return build_plot(
+        "plot-band",
+        f"{comp.quantity or 'pattern'} over depth vs the {comp.reference} band",
+        series,
+        x_label="relative depth (0 = first analysed layer, 1 = last)",
+        y_label=f"{comp.quantity or 'value'}, nats per dimension",
+        x_domain=(0.0, 1.0),
+        caption="Dashed: the band of well-trained networks of the family (25–75% of their "
+        "layers near each depth, every network weighted equally); solid: its centre. Ringed "
+        "points lie outside the band.",
+    )
 
 
 def _plots(rows: Sequence[Row]) -> tuple[Plot, ...]:
@@ -522,7 +597,11 @@ def build_view(
             else {
                 "score": comp.score,
                 "reference": comp.reference,
+                "picked": comp.picked,
+                "quantity": comp.quantity,
+                "members": list(comp.members),
                 "layers": [asdict(layer) for layer in comp.layers],
+                "band": {group: [list(q) for q in quads] for group, quads in comp.band},
             }
         ),
         "meta": json_safe(extra),
@@ -533,7 +612,7 @@ def build_view(
         summary=_summary(profile, rows),
         details=details,
         rows=rows,
-        plots=_plots(rows),
+        plots=(_band_plot(rows, comp), *_plots(rows)) if comp and comp.band else _plots(rows),
         reason_groups=_reason_groups(rows),
         singular=singular,
         singular_after_fold=after_fold,
