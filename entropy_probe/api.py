@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from entropy_probe.entropy.profile import (
@@ -16,9 +18,12 @@ from entropy_probe.entropy.profile import (
     with_empirical,
 )
 from entropy_probe.enums import ConvMethod
+from entropy_probe.errors import ShapeError, SourceError
 from entropy_probe.loading import DEFAULT_SOURCE, LoadedModel, LoadOptions, load_model
 from entropy_probe.plugins import get_registry
 from entropy_probe.walk.dispatch import walk
+
+_LINALG_ERROR: type[Exception] = getattr(torch.linalg, "LinAlgError", RuntimeError)
 
 DataArg = str | Path | Tensor | np.ndarray | None
 """What ``data=`` accepts: a built-in dataset name, an image folder or ``.npy`` file, or an
@@ -47,12 +52,18 @@ def profile_loaded(
     ``not_analytic``). Without ``data`` nothing is measured.
     """
     registry = get_registry()
+    check_input_size(loaded.input_shape)
     inputs = None
     if data is not None:
         from entropy_probe.empirical.estimators import get_estimator
         from entropy_probe.empirical.inputs import load_inputs
 
         get_estimator(estimator)  # fail on a bad name before any work
+        if loaded.state_dict is not None:
+            raise SourceError(
+                "--data needs a model that can run: a bare state dict has no architecture "
+                "(give it one, e.g. timm:NAME --weights FILE)"
+            )
         inputs = load_inputs(data, loaded, samples=samples)
     records = walk(loaded, registry)
     result = compute_profile(
@@ -68,20 +79,31 @@ def profile_loaded(
         notes=loaded.notes,
     )
     if inputs is None:
+        if not records:
+            raise SourceError(_nothing_to_analyse(loaded))
         return result
     from entropy_probe.empirical.capture import measure
     from entropy_probe.enums import Status
 
-    measured = measure(
-        loaded,
-        records,
-        inputs.inputs,
-        estimator=estimator,
-        k=k,
-        batch_size=batch_size,
-        progress=progress,
-        device=resolve_device(device),
-    )
+    try:
+        measured = measure(
+            loaded,
+            records,
+            inputs.inputs,
+            estimator=estimator,
+            k=k,
+            batch_size=batch_size,
+            progress=progress,
+            device=resolve_device(device),
+        )
+    except _LINALG_ERROR:  # the estimator's covariance of NaN/Inf activations
+        raise SourceError(
+            "--data: the model's activations are not finite (NaN/Inf), so their entropy is "
+            "undefined; its weights hold NaN/Inf (see the layers marked skipped without --data)"
+            " or it overflows on these inputs"
+        ) from None
+    if not records and not measured.rows:
+        raise SourceError(_nothing_to_analyse(loaded))
     rows = [
         (
             row.anchor,
@@ -114,6 +136,40 @@ def profile_loaded(
         rows,
         notes=[note],
         meta={"empirical": {**measured.meta(), "data": inputs.description}},
+    )
+
+
+MAX_INPUT_VALUES = 2**28
+"""The largest per-sample input (values) profiled: 1 GiB of float32 for one sample."""
+
+
+def check_input_size(shape: Sequence[int] | None) -> None:
+    """Refuse an absurd per-sample input shape before anything is allocated for it."""
+    if shape is not None and math.prod(int(s) for s in shape) > MAX_INPUT_VALUES:
+        shown = ",".join(str(int(s)) for s in shape)
+        raise ShapeError(
+            f"input shape {shown} has {math.prod(int(s) for s in shape):,} values per sample, "
+            f"more than the {MAX_INPUT_VALUES:,} entropy-probe allocates: give a smaller "
+            "--input-shape C,H,W (e.g. 3,224,224)"
+        )
+
+
+def _nothing_to_analyse(loaded: LoadedModel) -> str:
+    """Why ``loaded`` gave no layer at all, and what to do."""
+    if loaded.onnx_model is not None:
+        ops = sorted({node.op_type for node in loaded.onnx_model.graph.node})
+        shown = ", ".join(ops[:8]) + (", ..." if len(ops) > 8 else "")
+        held = f"its {shown} nodes hold no constant weights of those kinds"
+    elif loaded.state_dict is not None:
+        keys = list(loaded.state_dict)
+        held = f"none of its {len(keys)} tensors is a `*.weight`" + (
+            f" (e.g. {keys[0]!r})" if keys else ""
+        )
+    else:
+        held = "it has no module of those kinds (a plugin can add rules for others)"
+    return (
+        f"no layer to analyse in {loaded.source}: entropy-probe reads dense, convolutional and "
+        f"BatchNorm weights, and {held}. Check that this is the model you meant"
     )
 
 

@@ -153,8 +153,26 @@ def _finite(inputs: Tensor, what: str) -> Tensor:
 
 def _npy(path: Path, shape: tuple[int, ...], samples: int) -> InputData:
     try:
+        with path.open("rb") as handle:
+            magic = handle.read(6)
+    except OSError as exc:
+        raise SourceError(f"--data {path}: cannot read it: {exc.strerror or exc}") from None
+    if magic != b"\x93NUMPY":  # np.load would take anything else for a pickle
+        raise SourceError(
+            f"--data {path}: not a readable .npy array: it has no NumPy header (save arrays "
+            "with np.save)"
+        )
+    try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+    except ValueError as exc:
+        if "object" in str(exc).lower() or "pickle" in str(exc).lower():
+            raise SourceError(
+                f"--data {path}: not a readable .npy array: it holds pickled Python objects, never "
+                "loaded (unpickling can run code): save a numeric array, e.g. np.save(PATH, "
+                "x.astype(np.float32))"
+            ) from None
+        raise SourceError(f"--data {path}: not a readable .npy array: {exc}") from None
+    except (OSError, EOFError) as exc:
         raise SourceError(f"--data {path}: not a readable .npy array: {exc}") from None
     if not isinstance(arr, np.ndarray):
         raise SourceError(f"--data {path}: not a single .npy array")

@@ -7,6 +7,7 @@ the few tensors it needs, once each.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,10 @@ def read_onnx(path: Path) -> Any:
         raise SourceError(f"{path} is not a file (expected an .onnx model file)")
 
     def bad(reason: str) -> SourceError:
-        return SourceError(f"cannot read ONNX file {path}: {reason}. Is it a valid .onnx file?")
+        from entropy_probe.loading.torch_file import wrong_format_hint
+
+        hint = wrong_format_hint(path, "onnx") or "Is it a valid .onnx file?"
+        return SourceError(f"cannot read ONNX file {path}: {reason}. {hint}")
 
     if path.stat().st_size == 0:
         raise bad("the file is empty")
@@ -95,6 +99,21 @@ def read_onnx(path: Path) -> Any:
     if dangling is not None:
         node, name = dangling
         raise bad(f"the graph is incomplete (node '{node}' reads '{name}', which nothing produces)")
+    unknown = next(
+        (
+            n
+            for n in model.graph.node
+            if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type)
+        ),
+        None,
+    )
+    if unknown is not None:
+        raise SourceError(
+            f"ONNX file {path}: node '{unknown.name or unknown.op_type}' has op type "
+            f"'{unknown.op_type}', which is not an ONNX operator: the file is corrupt, or needs a "
+            f"newer onnx package than {onnx.__version__}"
+        )
+    _check_tensor_sizes(model, path)
     return model
 
 
@@ -149,6 +168,36 @@ def _load_external_data(model: Any, path: Path) -> None:
         raise SourceError(
             f"cannot read the external data of ONNX file {path}: {_short_reason(exc)}"
         ) from None
+
+
+# Byte-sized element types: raw_data holds itemsize bytes per value, typed fields one value per
+# element (two for complex). Sub-byte and string types are not checked.
+_ITEMSIZE = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 14: 8,
+             15: 16, 16: 2, 17: 1, 18: 1, 19: 1, 20: 1}  # fmt: skip
+_TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data")
+
+
+def _check_tensor_sizes(model: Any, path: Path) -> None:
+    """Every tensor holds as many values as its dims declare: a mismatch (a truncated or
+    edited file, or absurd dims) is a SourceError, never a layer that silently disappears."""
+    for tensor in _all_tensors(model.graph):
+        itemsize = _ITEMSIZE.get(int(tensor.data_type))
+        if itemsize is None or tensor.HasField("segment"):
+            continue
+        dims = [int(d) for d in tensor.dims]
+        values = math.prod(dims)
+        if tensor.raw_data:
+            have, want, unit = len(tensor.raw_data), values * itemsize, "bytes"
+        else:
+            have = max(len(getattr(tensor, f)) for f in _TYPED_FIELDS)
+            want, unit = values * (2 if tensor.data_type in (14, 15) else 1), "values"
+        if any(d < 0 for d in dims) or have != want:
+            shown = "×".join(map(str, dims)) or "scalar"
+            raise SourceError(
+                f"ONNX file {path}: tensor '{tensor.name}' declares shape {shown} ({want:,} "
+                f"{unit}) but holds {have:,}: the file is corrupt or truncated. Re-export the "
+                "model."
+            )
 
 
 def _first_dangling_input(graph: Any) -> tuple[str, str] | None:

@@ -17,6 +17,11 @@ from entropy_probe.errors import SourceError
 from entropy_probe.loading._base import LoadedModel, Loader, LoadOptions
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+FORMAT_NAMES = {
+    "torch": "a torch checkpoint",
+    "safetensors": "safetensors",
+    "onnx": "an ONNX model",
+}
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "weights")
 
 
@@ -30,6 +35,54 @@ def existing_file(path: str | Path) -> Path:
     if p.stat().st_size == 0:
         raise SourceError(f"{p} is empty (0 bytes)")
     return p
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:160] if text else type(exc).__name__
+
+
+def sniff_format(path: Path) -> str | None:
+    """The loader scheme a file's first bytes point to (``torch``, ``safetensors``, ``onnx``),
+    or None. Only for messages: a file is read by its extension or an explicit prefix."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(16)
+        size = path.stat().st_size
+    except OSError:
+        return None
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # zip or legacy pickle
+        return "torch"
+    if len(head) > 9 and 2 <= struct.unpack("<Q", head[:8])[0] < size and head[8:9] == b"{":
+        return "safetensors"
+    if head[:1] == b"\x08":  # ONNX ModelProto starts with ir_version (field 1, varint)
+        import onnx
+
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception:
+            return None
+        return "onnx" if len(model.graph.node) else None
+    return None
+
+
+def wrong_format_hint(path: Path, expected: str) -> str | None:
+    """ "It looks like ...: give it as SCHEME:PATH" when the content is another format."""
+    actual = sniff_format(path)
+    if actual is None or actual == expected:
+        return None
+    return f"It looks like {FORMAT_NAMES[actual]}: give it as {actual}:{path} (or fix its name)"
+
+
+def _corrupt(path: Path, scheme: str, detail: str) -> SourceError:
+    """The one message for a file that is not a readable ``scheme`` file, and what to do."""
+    hint = wrong_format_hint(path, scheme) or (
+        "The file is corrupt, truncated or of another format: re-save the weights "
+        "(torch.save(model.state_dict(), PATH) or safetensors' save_file)"
+    )
+    return SourceError(
+        f"cannot read {path} as {FORMAT_NAMES[scheme]}: {detail.rstrip('.')}. {hint}"
+    )
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
@@ -49,18 +102,23 @@ def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
     )
 
 
+def _torch_load(path: Path, *, weights_only: bool) -> Any:
+    """``torch.load`` from an open file: given a path ending in ``.safetensors`` torch would
+    read it as safetensors instead, whatever ``torch:`` said."""
+    with path.open("rb") as handle:
+        return torch.load(handle, map_location="cpu", weights_only=weights_only)
+
+
 def read_torch_file(
     path: str | Path, *, trust_pickle: bool = False
 ) -> dict[str, Tensor] | nn.Module:
     """Read a torch checkpoint safely; a full pickled model is refused unless trusted."""
     p = existing_file(path)
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        obj = _torch_load(p, weights_only=True)
     except pickle.UnpicklingError as exc:
         if "Unsupported global" not in str(exc) and "unsupported global" not in str(exc).lower():
-            raise SourceError(
-                f"cannot read {p} as a torch checkpoint: corrupt or not torch"
-            ) from exc
+            raise _corrupt(p, "torch", "its pickle data is invalid") from exc
         if not trust_pickle:
             raise SourceError(
                 f"{p} contains pickled Python objects (e.g. a whole model), and unpickling can run "
@@ -73,7 +131,7 @@ def read_torch_file(
             stacklevel=2,
         )
         try:
-            obj = torch.load(p, map_location="cpu", weights_only=False)
+            obj = _torch_load(p, weights_only=False)
         except Exception as inner:  # the pickle names code that is not importable here
             raise SourceError(
                 f"--trust-pickle: unpickling {p} failed: {str(inner).splitlines()[0]}. The "
@@ -91,8 +149,7 @@ def read_torch_file(
         AttributeError,
         struct.error,
     ) as exc:  # torch's weights-only unpickler raises all of these on garbage bytes
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SourceError(f"cannot read {p} as a torch checkpoint: {first}") from exc
+        raise _corrupt(p, "torch", _first_line(exc)) from exc
     if isinstance(obj, nn.Module):
         return obj
     return _unwrap(obj, p)
@@ -107,8 +164,7 @@ def read_safetensors(path: str | Path) -> dict[str, Tensor]:
         state: dict[str, Tensor] = load_file(str(p), device="cpu")
         return state
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SourceError(f"cannot read {p} as safetensors: {first}") from exc
+        raise _corrupt(p, "safetensors", _first_line(exc)) from exc
 
 
 def read_weights(path: str | Path, *, trust_pickle: bool = False) -> dict[str, Tensor]:
