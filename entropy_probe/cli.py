@@ -427,3 +427,7 @@ main.add_command(reference)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+from entropy_probe.cli_finetune import finetune  # noqa: E402
+
+main.add_command(finetune)

@@ -220,13 +220,15 @@ class RunLock:
 
     A second run on the same directory gets a :class:`LockError`. A lock left by a dead process
     on this host (e.g. after SIGKILL) is taken over, and :attr:`note` says so. A lock from
-    another host cannot be checked: the error says to delete it if that run is gone.
+    another host cannot be checked: the error says to delete it if that run is gone. A lock
+    this process already holds is re-entered (``finetune`` locks, then calls ``fit``).
     """
 
     def __init__(self, out_dir: Path) -> None:
         self.path = safe_path(out_dir, LOCK_NAME)
         self.note: str | None = None
         self._held = False
+        self._nested = False
 
     def acquire(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -235,7 +237,9 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
-                self._check_owner()
+                if self._check_owner():
+                    self._nested = True
+                    return self
                 continue
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 json.dump(mine, handle)
@@ -243,13 +247,14 @@ class RunLock:
             return self
         raise LockError(f"{self.path}: another run took the lock at the same time; try again")
 
-    def _check_owner(self) -> None:
-        """Raise if a live run owns the lock; remove a stale one (and set :attr:`note`)."""
+    def _check_owner(self) -> bool:
+        """True if this process holds the lock already. Raise if another live run owns it;
+        remove a stale one (and set :attr:`note`)."""
         try:
             owner = json.loads(self.path.read_text(encoding="utf-8"))
             pid, host = int(owner["pid"]), str(owner["host"])
         except FileNotFoundError:
-            return
+            return False
         except (OSError, ValueError, KeyError, TypeError):
             pid, host = -1, socket.gethostname()  # unreadable: written by a run killed mid-write
         here = socket.gethostname()
@@ -258,6 +263,8 @@ class RunLock:
                 f"{self.path.parent} is in use by pid {pid} on host {host} (lock file "
                 f"{self.path}); if that run is gone, delete the lock file"
             )
+        if pid == os.getpid():
+            return True
         if pid > 0 and _pid_alive(pid):
             raise LockError(
                 f"{self.path.parent} is in use by another run (pid {pid} on {host}); wait for "
@@ -266,6 +273,7 @@ class RunLock:
         self.note = f"took over a stale lock of dead pid {pid} on {host} ({self.path})"
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+        return False
 
     def release(self) -> None:
         if self._held:

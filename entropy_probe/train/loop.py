@@ -50,7 +50,7 @@ AuxLossFn = Callable[[nn.Module, int], Mapping[str, Tensor]]
 named, already-weighted terms added to the task loss (``{}`` on skipped steps)."""
 
 METRICS_NAME = "metrics.jsonl"
-CONFIG_NAME = "config.json"
+CONFIG_NAME = "run_config.json"
 _OPTIMIZERS = ("adam", "adamw", "sgd")
 _SCHEDULES = ("constant", "cosine", "onecycle")
 _AMP = ("off", "bf16", "fp16")
@@ -140,6 +140,7 @@ def fit(
     progress: bool | None = None,
     extra_config: Mapping[str, Any] | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
 ) -> FitResult:
     """Train ``model`` in place on ``data`` for ``task`` and return the per-epoch history.
 
@@ -148,11 +149,11 @@ def fit(
     :func:`~entropy_probe.train.data.as_task_data`). The model's head must already fit the task
     (:func:`~entropy_probe.train.tasks.adapt_head`). Without ``out_dir`` nothing is written.
     With it: ``checkpoint-eNNNN.pt`` after every epoch (the last 2 kept), ``metrics.jsonl``,
-    ``config.json`` and a lock file while running. ``resume`` continues from the newest
+    ``run_config.json`` and a lock file while running. ``resume`` continues from the newest
     readable checkpoint there (a changed configuration is refused). ``extra_config`` is hashed
     with the configuration (e.g. the model source and loss weights). ``on_step(epoch, step)``
-    is called after every optimizer step. ``progress``: a tqdm bar (default: when stderr is a
-    terminal, rank 0 only).
+    is called after every optimizer step, ``on_epoch(record)`` after every epoch (rank 0).
+    ``progress``: a tqdm bar per epoch (default: when stderr is a terminal; rank 0 only).
     """
     cfg = config or FitConfig()
     cfg.validate()
@@ -161,7 +162,7 @@ def fit(
     with setup(cfg.device) as info:
         if cfg.amp != "off" and info.device.type != "cuda":
             raise EntropyProbeError(f"amp={cfg.amp} needs a CUDA device (this run is on CPU)")
-        runner = _Runner(model, the_task, task_data, cfg, info, aux_loss, on_step)
+        runner = _Runner(model, the_task, task_data, cfg, info, aux_loss, on_step, on_epoch)
         out = Path(out_dir) if out_dir is not None else None
         with _rng_scope(cfg.seed + info.rank, info.device), _deterministic(cfg, info.device):
             return runner.run(out, resume, progress, dict(extra_config or {}))
@@ -241,9 +242,10 @@ class _Runner:
         info: DistInfo,
         aux_loss: AuxLossFn | None,
         on_step: Callable[[int, int], None] | None,
+        on_epoch: Callable[[EpochRecord], None] | None = None,
     ) -> None:
         self.model, self.task, self.data, self.cfg, self.info = model, task, data, cfg, info
-        self.aux_loss, self.on_step = aux_loss, on_step
+        self.aux_loss, self.on_step, self.on_epoch = aux_loss, on_step, on_epoch
         self.lock: ckpt.RunLock | None = None
         self.device = info.device
         per_rank = -(-len(data.train_x) // info.world_size)
@@ -328,6 +330,8 @@ class _Runner:
                 "whose forward returns the task output"
             )
         self.task.check_output(output, y.to(self.device), self.data.num_classes)
+        if self.task.note:
+            self.notes.append(self.task.note)
 
     # -- checkpoints ---------------------------------------------------------------------
 
@@ -384,7 +388,7 @@ class _Runner:
         )
 
     def _open_out(self, out: Path, resume: bool) -> dict[str, Any] | None:
-        """Rank 0: lock, find the checkpoint to resume from, write config.json."""
+        """Rank 0: lock, find the checkpoint to resume from, write run_config.json."""
         self.lock = ckpt.RunLock(out).acquire()
         if self.lock.note:
             self.notes.append(self.lock.note)
@@ -470,8 +474,8 @@ class _Runner:
                     if self.info.is_main:
                         last_ckpt = ckpt.save_checkpoint(out, epoch + 1, state)
                         self._write_metrics(out, history)
-                if show:
-                    print(_epoch_line(record, self.cfg.epochs), file=sys.stderr)
+                if self.on_epoch is not None and self.info.is_main:
+                    self.on_epoch(record)
             metrics_path = None
             if out is not None and self.info.is_main:
                 if last_ckpt is None and (found := ckpt.list_checkpoints(out)):
@@ -615,7 +619,8 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def _epoch_line(r: EpochRecord, epochs: int) -> str:
+def epoch_line(r: EpochRecord, epochs: int) -> str:
+    """One human line for an epoch record (the CLI prints it)."""
     metric = f"{r.metric_name} {r.metric:.4f}" if r.metric is not None else "(not evaluated)"
     parts = "".join(f"  {k} {v:.4g}" for k, v in r.parts.items())
     return (

@@ -59,11 +59,20 @@ class MetricState:
 
 
 class Task(ABC):
-    """One fine-tuning task: how to score the model's output against the targets."""
+    """One fine-tuning task: how to score the model's output against the targets.
+
+    ``probabilities`` is set by :meth:`check_output` when the model ends in a softmax/sigmoid
+    (as exported ONNX classifiers and detectors do): the loss then takes the log of the
+    probabilities instead of treating them as logits, and :attr:`note` says so.
+    """
 
     name: str = ""
     metric_name: str = ""
     higher_is_better: bool = True
+
+    def __init__(self) -> None:
+        self.probabilities = False
+        self.note: str | None = None
 
     @abstractmethod
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
@@ -98,6 +107,8 @@ class Classify(Task):
     higher_is_better = True
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        if self.probabilities:
+            return F.nll_loss(torch.log(output.float().clamp_min(1e-12)), target)
         return F.cross_entropy(output.float(), target)
 
     def update(self, state: MetricState, output: Tensor, target: Tensor) -> None:
@@ -120,6 +131,9 @@ class Classify(Task):
                 f"{num_classes} classes: the classification head needs {num_classes} outputs "
                 "(adapt it with entropy_probe.train.adapt_head)"
             )
+        self.probabilities = _sums_to_one(output, dim=1)
+        if self.probabilities:
+            self.note = "the model outputs probabilities (a final softmax): loss = NLL of their log"
 
 
 class Segment(Task):
@@ -128,22 +142,28 @@ class Segment(Task):
     higher_is_better = True
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        out = output.float()
         if output.shape[1] == 1:
-            return F.binary_cross_entropy_with_logits(
-                output[:, 0].float(), (target > 0).to(torch.float32)
-            )
-        return F.cross_entropy(output.float(), target)
+            fg = (target > 0).to(torch.float32)
+            if self.probabilities:
+                return F.binary_cross_entropy(out[:, 0].clamp(1e-7, 1 - 1e-7), fg)
+            return F.binary_cross_entropy_with_logits(out[:, 0], fg)
+        if self.probabilities:
+            return F.nll_loss(torch.log(out.clamp_min(1e-12)), target)
+        return F.cross_entropy(out, target)
 
     def update(self, state: MetricState, output: Tensor, target: Tensor) -> None:
         classes = max(int(output.shape[1]), 2)
-        pred = (output[:, 0] > 0).long() if output.shape[1] == 1 else output.argmax(dim=1)
+        threshold = 0.5 if self.probabilities else 0.0
+        single = output.shape[1] == 1
+        pred = (output[:, 0] > threshold).long() if single else output.argmax(dim=1)
         for c in range(1, classes):
             p, t = pred == c, target == c
             state.add(f"inter{c}", float((p & t).sum()))
             state.add(f"size{c}", float(p.sum() + t.sum()))
 
     def compute(self, state: MetricState) -> float:
-        classes = sorted({int(k[5:]) for k in state.sums if k.startswith("size")})
+        classes = sorted({int(k[4:]) for k in state.sums if k.startswith("size")})
         if not classes:
             return 0.0
         scores = []
@@ -173,6 +193,15 @@ class Segment(Task):
             raise TaskError(
                 f"the model outputs {output.shape[1]} channels, but the masks hold "
                 f"{num_classes} classes"
+            )
+        if output.shape[1] == 1:
+            self.probabilities = bool(((output >= 0) & (output <= 1)).all())
+        else:
+            self.probabilities = _sums_to_one(output, dim=1)
+        if self.probabilities:
+            self.note = (
+                "the model outputs probabilities (a final sigmoid/softmax): the loss takes "
+                "their log, and the Dice threshold is 0.5"
             )
 
 
@@ -221,6 +250,14 @@ def get_task(task: str | Task) -> Task:
         raise UnknownNameError(
             f"unknown task {task!r}{hint} (valid: {', '.join(task_names())})"
         ) from None
+
+
+def _sums_to_one(output: Tensor, dim: int) -> bool:
+    """True when ``output`` is non-negative and sums to 1 along ``dim`` (softmax output)."""
+    out = output.float()
+    return bool((out >= 0).all()) and bool(
+        torch.allclose(out.sum(dim=dim), torch.ones((), device=out.device), atol=1e-4)
+    )
 
 
 def _shape(t: Tensor) -> str:

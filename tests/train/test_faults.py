@@ -30,8 +30,22 @@ def _dead_pid() -> int:
 
 
 def test_a_second_run_on_the_same_directory_is_refused(tmp_path: Path):
-    with RunLock(tmp_path), pytest.raises(LockError, match=rf"another run \(pid {os.getpid()} "):
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = {"pid": holder.pid, "host": socket.gethostname()}
+        (tmp_path / ".lock").write_text(json.dumps(lock))
+        with pytest.raises(LockError, match=rf"another run \(pid {holder.pid} "):
+            fit(tiny_mlp(), "classify", digits_data(64, 32), TWO, out_dir=tmp_path)
+        assert json.loads((tmp_path / ".lock").read_text()) == lock  # left alone
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_the_lock_is_reentrant_within_one_process_and_released(tmp_path: Path):
+    with RunLock(tmp_path):
         fit(tiny_mlp(), "classify", digits_data(64, 32), TWO, out_dir=tmp_path)
+        assert (tmp_path / ".lock").exists()  # the inner release leaves the outer lock
     assert not (tmp_path / ".lock").exists()
 
 

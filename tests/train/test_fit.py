@@ -84,7 +84,7 @@ def test_resume_after_an_interruption_gives_bitwise_the_same_weights(tmp_path: P
     rows = [json.loads(line) for line in lines]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert set(rows[0]) >= {"epoch", "step", "metric", "train_loss", "parts", "elapsed_s"}
-    config = json.loads((tmp_path / "config.json").read_text())
+    config = json.loads((tmp_path / "run_config.json").read_text())
     assert config["task"] == "classify" and config["fit"]["lr"] == CONFIG.lr
 
 

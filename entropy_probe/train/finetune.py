@@ -1,0 +1,398 @@
+"""``finetune``: load a checkpoint → adapt it to the data → ``fit`` → save it in its own format.
+
+Outputs in ``out_dir`` (rank 0 only): ``model.safetensors`` (always), the model in its input
+format (a timm or SMP ``config.json`` beside the weights, so ``OUT`` loads back as a source;
+``model.onnx`` for ONNX input; ``model.pt`` state dict for a torch module), ``profile_before.json``
+and ``profile_after.json`` (schema ``entropy_probe.profile/1``), ``metrics.jsonl``, the
+checkpoints, ``run_config.json`` and ``finetune.json`` (what was done, with every note).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from entropy_probe._io import atomic_write_bytes, atomic_write_text
+from entropy_probe.errors import EntropyProbeError, SourceError
+from entropy_probe.loading import DEFAULT_SOURCE, LoadedModel, LoadOptions, load_model
+from entropy_probe.train.checkpoint import RunLock, list_checkpoints, safe_path
+from entropy_probe.train.data import TaskData, as_task_data, match_input
+from entropy_probe.train.loop import EpochRecord, FitConfig, FitResult, fit
+from entropy_probe.train.tasks import (
+    Task,
+    TaskError,
+    adapt_head,
+    current_outputs,
+    get_task,
+    output_channels_for,
+)
+
+__all__ = ["FinetuneResult", "finetune", "onnx_to_torch", "prepare_model"]
+
+
+@dataclass
+class FinetuneResult:
+    fit: FitResult
+    source: str
+    format: str
+    out_dir: Path
+    files: dict[str, Path]
+    notes: list[str] = field(default_factory=list)
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def onnx_to_torch(loaded: LoadedModel) -> nn.Module:
+    """An ONNX graph as a trainable torch module (onnx2torch), after two clean-ups: ``Constant``
+    nodes become initializers (PP-OCR keeps its weights there, which onnx2torch cannot train or
+    even find) and unused initializers are dropped."""
+    import onnx
+
+    try:
+        from onnx2torch import convert
+    except ImportError as exc:  # pragma: no cover - a dependency
+        raise SourceError("fine-tuning ONNX needs onnx2torch: pip install onnx2torch") from exc
+    model = onnx.ModelProto()
+    model.CopyFrom(loaded.onnx_model)
+    graph = model.graph
+    nodes = []
+    for node in graph.node:
+        attrs = list(node.attribute)
+        if node.op_type == "Constant" and len(attrs) == 1 and attrs[0].name == "value":
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(attrs[0].t)
+            tensor.name = node.output[0]
+            graph.initializer.append(tensor)
+        else:
+            nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module: nn.Module = convert(model)
+    except Exception as exc:  # onnx2torch raises bare KeyError/NotImplementedError on gaps
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SourceError(
+            f"onnx2torch cannot convert {loaded.source} for training: {first}"
+        ) from None
+    return module
+
+
+def _module_of(loaded: LoadedModel) -> nn.Module:
+    if loaded.module is not None:
+        return loaded.module
+    if loaded.onnx_model is not None:
+        return onnx_to_torch(loaded)
+    raise SourceError(
+        f"{loaded.source} is a bare state dict without an architecture, so it cannot be "
+        "trained: name the architecture, e.g. timm:resnet18 --weights FILE or "
+        "smp:Unet/resnet34 --weights FILE"
+    )
+
+
+def _try_forward(module: nn.Module, x: torch.Tensor) -> str | None:
+    """None if ``module`` accepts ``x`` (eval, no grad), else the first line of the error."""
+    was = module.training
+    module.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module(x)
+    except Exception as exc:  # any model error: reported, never hidden
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    finally:
+        module.train(was)
+    return None
+
+
+def prepare_model(
+    module: nn.Module,
+    task: Task,
+    data: TaskData,
+    *,
+    input_shape: tuple[int, ...] | None = None,
+    normalise: tuple[Any, Any] | None = None,
+    seed: int = 0,
+) -> tuple[TaskData, list[str]]:
+    """Fit ``data`` to ``module`` and ``module``'s head to the data; return the data and notes.
+
+    Channels follow ``input_shape`` (grey → RGB by repetition, RGB → grey by luma). The data's
+    H×W is kept when the model accepts it, else resized to ``input_shape``. The head is
+    replaced when its output count does not fit (its init is seeded with ``seed``).
+    """
+    notes: list[str] = []
+    channels = input_shape[0] if input_shape is not None and len(input_shape) == 3 else None
+    data = match_input(data, channels, None, normalise)
+    x = data.val_x[:2]
+    problem = _try_forward(module, x)
+    if problem is not None and input_shape is not None and len(input_shape) == 3:
+        size = (int(input_shape[1]), int(input_shape[2]))
+        if tuple(x.shape[-2:]) != size:
+            data = match_input(data, None, size)
+            problem = _try_forward(module, data.val_x[:2])
+    if problem is not None:
+        raise TaskError(
+            f"the model cannot run on the data shaped {tuple(data.val_x.shape[1:])}: {problem}"
+        )
+    want = output_channels_for(task, data.num_classes, current_outputs(module, task))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        change = adapt_head(module, task, want)
+    if change is not None:
+        notes.append(change.describe())
+    return data, notes
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(
+        json.dumps(value, default=lambda o: list(o) if isinstance(o, tuple) else str(o))
+    )
+
+
+def _state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").clone().contiguous() for k, v in module.state_dict().items()}
+
+
+def _save_outputs(
+    loaded: LoadedModel, module: nn.Module, data: TaskData, out: Path
+) -> tuple[dict[str, Path], list[str]]:
+    from safetensors.torch import save as safetensors_bytes
+
+    files: dict[str, Path] = {}
+    notes: list[str] = []
+    state = _state(module)
+    files["safetensors"] = atomic_write_bytes(
+        safe_path(out, "model.safetensors"), safetensors_bytes(state)
+    )
+    fmt = loaded.format
+    if fmt == "timm":
+        cfg = dict(getattr(module, "pretrained_cfg", None) or {})
+        cfg["input_size"] = list(data.input_shape)
+        config = {
+            "architecture": loaded.meta.get("architecture"),
+            "num_classes": int(getattr(module, "num_classes", 0)),
+            "in_chans": int(data.input_shape[0]),
+            "pretrained_cfg": _jsonable(cfg),
+        }
+        files["config"] = atomic_write_text(
+            safe_path(out, "config.json"), json.dumps(config, indent=2) + "\n"
+        )
+        notes.append(f"timm directory: `entropy-probe profile {out}` loads it back")
+    elif fmt == "smp":
+        init = dict(getattr(module, "_hub_mixin_config", None) or {})
+        head = getattr(module, "segmentation_head", None)
+        if isinstance(head, nn.Sequential) and isinstance(head[0], nn.Conv2d):
+            init["classes"] = int(head[0].out_channels)
+        init["in_channels"] = int(data.input_shape[0])
+        init["encoder_weights"] = None
+        config = {"_model_class": type(module).__name__, **_jsonable(init)}
+        files["config"] = atomic_write_text(
+            safe_path(out, "config.json"), json.dumps(config, indent=2) + "\n"
+        )
+        notes.append(f"SMP directory: `entropy-probe profile {out}` loads it back")
+    elif fmt == "onnx":
+        files["onnx"] = _export_onnx(loaded, module, data, safe_path(out, "model.onnx"))
+    elif fmt == "torch":
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        files["torch"] = atomic_write_bytes(safe_path(out, "model.pt"), buffer.getvalue())
+        notes.append("model.pt holds the state dict (a whole pickled module is never written)")
+    return files, notes
+
+
+def _export_onnx(loaded: LoadedModel, module: nn.Module, data: TaskData, path: Path) -> Path:
+    name = str(loaded.meta.get("input_name") or "input")
+    example = data.val_x[:1].to(next(module.parameters()).device)
+    was = module.training
+    module.eval()
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                (example,),
+                buffer,  # type: ignore[arg-type]  # a file object works with dynamo=False
+                dynamo=False,
+                opset_version=17,
+                input_names=[name],
+                output_names=["output"],
+                dynamic_axes={name: {0: "batch"}, "output": {0: "batch"}},
+            )
+    except Exception as exc:  # torch.onnx raises many kinds; the user gets one line
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise EntropyProbeError(
+            f"exporting the fine-tuned model back to ONNX failed: {first} (model.safetensors "
+            "holds the weights)"
+        ) from None
+    finally:
+        module.train(was)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def _profile(loaded: LoadedModel, module: nn.Module, shape: tuple[int, ...]) -> dict[str, Any]:
+    from entropy_probe.api import profile_loaded
+
+    view = LoadedModel(
+        source=loaded.source,
+        format=loaded.format,
+        module=module,
+        input_shape=shape,
+        pretrained=loaded.pretrained,
+        meta=dict(loaded.meta),
+    )
+    with torch.random.fork_rng(devices=[]):
+        result: dict[str, Any] = profile_loaded(view, device="cpu", progress=False).to_dict()
+    return result
+
+
+def finetune(
+    source: str = DEFAULT_SOURCE,
+    *,
+    task: str | Task,
+    data: Any,
+    out_dir: str | Path,
+    config: FitConfig | None = None,
+    weights: str | Path | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    trust_pickle: bool = False,
+    lambda_dense: float = 0.0,
+    lambda_conv: float = 0.0,
+    mode: str = "target",
+    reference: str | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> FinetuneResult:
+    """Fine-tune ``source`` on ``data`` and write the result into ``out_dir``.
+
+    ``lambda_dense``/``lambda_conv`` > 0 add the entropy loss terms of
+    :func:`entropy_probe.train.losses.build_entropy_loss` (``mode``, ``reference``); with both
+    0 that module is not even imported.
+    """
+    cfg = config or FitConfig(log_entropy=True)
+    the_task = get_task(task)
+    out = Path(out_dir).expanduser()
+    loaded = load_model(
+        source,
+        LoadOptions(
+            weights=Path(weights) if weights is not None else None,
+            input_shape=input_shape,
+            trust_pickle=trust_pickle,
+        ),
+    )
+    module = _module_of(loaded)
+    notes = list(loaded.notes)
+    shape = loaded.input_shape
+    image_shape = shape if shape is not None and len(shape) == 3 and shape[0] in (1, 3) else None
+    task_data = as_task_data(data, the_task, image_shape=image_shape, split_seed=cfg.seed)
+    normalise = None
+    if isinstance(data, str | Path) and task_data.train_x.dim() == 4:
+        from entropy_probe.empirical.inputs import normalisation
+
+        channels = shape[0] if shape is not None else int(task_data.train_x.shape[1])
+        normalise = normalisation(loaded, channels) if loaded.format != "default" else None
+    task_data, head_notes = prepare_model(
+        module, the_task, task_data, input_shape=shape, normalise=normalise, seed=cfg.seed
+    )
+    notes += list(task_data.notes) + head_notes
+    aux = None
+    if lambda_dense or lambda_conv:
+        from entropy_probe.train.losses import build_entropy_loss
+
+        aux = build_entropy_loss(
+            module,
+            mode=mode,
+            lambda_dense=lambda_dense,
+            lambda_conv=lambda_conv,
+            reference=reference,
+            example_input=task_data.train_x[:1],
+        )
+    extra = {
+        "source": loaded.source,
+        "weights": str(weights) if weights is not None else None,
+        "lambda_dense": lambda_dense,
+        "lambda_conv": lambda_conv,
+        "mode": mode if aux is not None else None,
+        "reference": reference if aux is not None else None,
+    }
+    main = _is_main()
+    lock = RunLock(out) if main else None
+    files: dict[str, Path] = {}
+    try:
+        if lock is not None:
+            lock.acquire()
+            if lock.note:
+                notes.append(lock.note)
+            if list_checkpoints(out) and not resume:
+                raise EntropyProbeError(
+                    f"{out} already holds a run: pass --resume to continue it, or choose "
+                    "another --out"
+                )
+            before = safe_path(out, "profile_before.json")
+            if not (resume and before.is_file()):
+                profile = _profile(loaded, module, task_data.input_shape)
+                atomic_write_text(before, json.dumps(profile, indent=2, allow_nan=False) + "\n")
+            files["profile_before"] = before
+        result = fit(
+            module,
+            the_task,
+            task_data,
+            cfg,
+            aux_loss=aux,
+            out_dir=out,
+            resume=resume,
+            progress=progress,
+            extra_config=extra,
+            on_step=on_step,
+            on_epoch=on_epoch,
+        )
+        notes += [n for n in result.notes if n not in notes]
+        if main:
+            module.to("cpu")
+            after = safe_path(out, "profile_after.json")
+            profile = _profile(loaded, module, task_data.input_shape)
+            atomic_write_text(after, json.dumps(profile, indent=2, allow_nan=False) + "\n")
+            files["profile_after"] = after
+            saved, save_notes = _save_outputs(loaded, module, task_data, out)
+            files.update(saved)
+            notes += save_notes
+            if result.metrics_path is not None:
+                files["metrics"] = result.metrics_path
+            summary = {
+                "source": loaded.source,
+                "format": loaded.format,
+                "task": the_task.name,
+                "data": task_data.description,
+                "metric": result.metric_name,
+                "final_metric": result.final_metric,
+                "best_metric": result.best_metric,
+                "steps": result.steps,
+                "wall_s": result.wall_s,
+                "files": {k: p.name for k, p in files.items()},
+                "notes": notes,
+            }
+            files["summary"] = atomic_write_text(
+                safe_path(out, "finetune.json"), json.dumps(summary, indent=2) + "\n"
+            )
+    finally:
+        if lock is not None:
+            lock.release()
+    return FinetuneResult(result, loaded.source, loaded.format, out, files, notes)
