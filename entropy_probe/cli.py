@@ -6,6 +6,7 @@ import json
 import math
 import re
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from functools import wraps
 from pathlib import Path
@@ -25,13 +26,27 @@ from entropy_probe.plugins import DISABLE_ENV
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _one_line_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """A warning (e.g. --trust-pickle's) as one ``warning: ...`` line, without source lines."""
+    click.echo(f"warning: {message}", err=True)
+
+
 def _friendly_errors(func: F) -> F:
     """User mistakes become one line on stderr and exit code 1, never a traceback."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = _one_line_warning
+                return func(*args, **kwargs)
         except PluginError as exc:
             raise click.ClickException(
                 f"{exc}. Fix or uninstall that plugin's distribution, or set "

@@ -99,20 +99,7 @@ def read_onnx(path: Path) -> Any:
     if dangling is not None:
         node, name = dangling
         raise bad(f"the graph is incomplete (node '{node}' reads '{name}', which nothing produces)")
-    unknown = next(
-        (
-            n
-            for n in model.graph.node
-            if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type)
-        ),
-        None,
-    )
-    if unknown is not None:
-        raise SourceError(
-            f"ONNX file {path}: node '{unknown.name or unknown.op_type}' has op type "
-            f"'{unknown.op_type}', which is not an ONNX operator: the file is corrupt, or needs a "
-            f"newer onnx package than {onnx.__version__}"
-        )
+    _check_nodes(model.graph, path)
     _check_tensor_sizes(model, path)
     return model
 
@@ -168,6 +155,27 @@ def _load_external_data(model: Any, path: Path) -> None:
         raise SourceError(
             f"cannot read the external data of ONNX file {path}: {_short_reason(exc)}"
         ) from None
+
+
+def _check_nodes(graph: Any, path: Path) -> None:
+    """Every default-domain node is a known operator with typed attributes: a corrupt op type
+    would drop the layer silently, an untyped attribute read as None."""
+    import onnx
+
+    for node in graph.node:
+        where = node.name or node.op_type
+        if node.domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type):
+            raise SourceError(
+                f"ONNX file {path}: node '{where}' has op type '{node.op_type}', which is not an "
+                f"ONNX operator: the file is corrupt, or needs a newer onnx package than "
+                f"{onnx.__version__}"
+            )
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.UNDEFINED:
+                raise SourceError(
+                    f"ONNX file {path}: attribute '{attr.name}' of node '{where}' has no type: "
+                    "the file is corrupt. Re-export the model."
+                )
 
 
 # Byte-sized element types: raw_data holds itemsize bytes per value, typed fields one value per
