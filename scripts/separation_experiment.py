@@ -253,6 +253,9 @@ def vendor_rows(library: ReferenceLibrary) -> list[Row]:
             )
 
         exclude = (entry.name,)  # never scored against a band it helped build
+        if not library.family(entry.family, exclude=exclude):
+            print(f"skip {entry.name}: no other {entry.family} reference to compare it with")
+            continue
         row = Row(entry.name, entry.family, 0, "trained", None, None)
         row.scores = scores_of(prof(records), library, exclude)
         rows.append(row)
@@ -273,6 +276,23 @@ def auc(positives: list[float], negatives: list[float]) -> float | None:
         return None
     wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
     return wins / (len(positives) * len(negatives))
+
+
+def paired_auc(
+    rows: list[Row], key: str, value: Callable[[Row, str], float | None], stage: str
+) -> float | None:
+    """AUC over (trained, ``stage``) pairs of the same architecture only."""
+    wins, pairs = 0.0, 0
+    for t in rows:
+        vt = value(t, key)
+        if t.stage != "trained" or vt is None:
+            continue
+        for n in rows:
+            vn = value(n, key)
+            if n.stage == stage and n.group == t.group and vn is not None:
+                wins += (vt > vn) + 0.5 * (vt == vn)
+                pairs += 1
+    return wins / pairs if pairs else None
 
 
 def summarise(rows: list[Row]) -> dict[str, object]:
@@ -312,6 +332,8 @@ def summarise(rows: list[Row]) -> dict[str, object]:
             if value(b, key) is not None and value(t, key) is not None
         ]
         designs[key] = {
+            "within_architecture_auc_trained_vs_init": paired_auc(rows, key, value, "init"),
+            "within_architecture_auc_trained_vs_partial": paired_auc(rows, key, value, "partial"),
             "auc_trained_vs_init": auc(pos, by_stage.get("init", [])),
             "auc_trained_vs_partial": auc(pos, by_stage.get("partial", [])),
             "auc_trained_vs_rescaled_init": auc(pos, by_stage.get("rescaled_init", [])),

@@ -4,8 +4,11 @@ The family band at relative depth t comes from the family's layers near t (withi
 ``window`` in depth), each reference weighted equally: the band runs from the ``lower`` to the
 ``upper`` weighted quantile of their values, its centre is the weighted median. A layer's
 deviation is its distance from the centre in half-band widths (the half on its own side), so
-|deviation| ≤ 1 is inside the band. The agreement score is the mean layer credit: 1 inside the
-band, falling linearly to 0 at twice the band's half width, so it lies in [0, 1].
+|deviation| ≤ 1 is inside the band. The agreement score is the mean layer credit, in [0, 1]: 1
+inside the band; beyond it on the side of the random-init value (where untrained and
+under-trained layers sit) it falls linearly to 0 one half band width further; beyond it on the
+other side (more structure than the references) the layer is flagged out of band but keeps its
+credit: that is not what an untrained layer looks like.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from entropy_probe.patterns.pattern import (
     Quantity,
     ReferencePattern,
     pattern_points,
+    random_baseline,
 )
-from entropy_probe.patterns.reference import Reference
+from entropy_probe.patterns.reference import Points, Reference
 
 __all__ = [
     "COMPARISON_SCHEMA",
@@ -111,6 +115,16 @@ def _weighted_quantile(values: Sequence[float], weights: Sequence[float], q: flo
     return pairs[-1][0]
 
 
+def _local_values(points: Points, t: float, window: float) -> list[float]:
+    """A reference's layer values within ``window`` of depth ``t`` (its nearest layers when
+    none is that close)."""
+    near = [v for d, v in points if abs(d - t) <= window]
+    if near:
+        return near
+    gap = min(abs(d - t) for d, _ in points)
+    return [v for d, v in points if abs(d - t) - gap <= 1e-9]
+
+
 def family_band(
     family: str,
     references: Sequence[Reference],
@@ -118,7 +132,13 @@ def family_band(
     *,
     window: float = WINDOW,
 ) -> FamilyBand:
-    """Build the band of ``references`` (all of one family) for ``quantity``."""
+    """Build the band of ``references`` (all of one family) for ``quantity``.
+
+    At each grid depth the layers of every reference within ``window`` of it (its nearest
+    layers when none is that close) are pooled, each reference's layers sharing one unit of
+    weight, so every network counts once whatever its layer count; the band runs between the
+    ``LOWER`` and ``UPPER`` weighted quantiles, its centre is the weighted median.
+    """
     quantity = Quantity(quantity)
     if not references:
         raise EntropyProbeError(f"reference family {family!r} has no members to build a band")
@@ -133,10 +153,7 @@ def family_band(
             values: list[float] = []
             weights: list[float] = []
             for pts in per_ref:
-                near = [v for d, v in pts if abs(d - t) <= window]
-                if not near:  # this reference has no layer there: its nearest layer(s)
-                    gap = min(abs(d - t) for d, _ in pts)
-                    near = [v for d, v in pts if abs(d - t) - gap <= 1e-9]
+                near = _local_values(pts, t, window)
                 values += near
                 weights += [1.0 / len(near)] * len(near)
             center = _weighted_quantile(values, weights, 0.5)
@@ -161,9 +178,17 @@ class LayerDeviation:
     upper: float
     deviation: float  # in half-band widths, signed; |d| ≤ 1 inside the band
     in_band: bool
+    toward_random: bool | None = None  # outside on the random-init side (None: no baseline)
 
     @property
     def credit(self) -> float:
+        """1 inside the band and beyond it away from the random-init value (more structure
+        than the references: flagged out of band, not penalised); on the random-init side,
+        where untrained and under-trained layers sit, falling linearly to 0 one half band
+        width beyond the band. With no random baseline (``delta_h_per_dim``) both sides are
+        treated as the random side."""
+        if self.toward_random is False:
+            return 1.0
         return max(0.0, min(1.0, 2.0 - abs(self.deviation)))
 
     def to_dict(self) -> dict[str, Any]:
@@ -176,6 +201,7 @@ class LayerDeviation:
             "band": [self.lower, self.center, self.upper],
             "deviation": self.deviation,
             "in_band": self.in_band,
+            "toward_random": self.toward_random,
         }
 
 
@@ -236,6 +262,10 @@ def compare_profile(profile: Profile, band: FamilyBand, *, picked: str = "") -> 
             (point.upper - point.center) if value >= point.center else (point.center - point.lower)
         )
         deviation = (value - point.center) / side
+        baseline = random_baseline(layer, band.quantity)
+        toward_random = (
+            None if baseline is None else (value - point.center) * (baseline - point.center) > 0
+        )
         layers.append(
             LayerDeviation(
                 name=layer.name,
@@ -248,6 +278,7 @@ def compare_profile(profile: Profile, band: FamilyBand, *, picked: str = "") -> 
                 upper=point.upper,
                 deviation=deviation,
                 in_band=point.lower <= value <= point.upper,
+                toward_random=toward_random,
             )
         )
     score = math.fsum(x.credit for x in layers) / len(layers) if layers else None

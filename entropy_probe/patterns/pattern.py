@@ -37,11 +37,13 @@ __all__ = [
     "layer_value",
     "pattern_points",
     "profile_pattern",
+    "random_baseline",
 ]
 
 
 class Quantity(str, Enum):
     SHAPE_EXCESS = "shape_excess"
+    RELATIVE_EXCESS = "relative_excess"
     SPECTRAL_SHAPE = "spectral_shape"
     DELTA_H_PER_DIM = "delta_h_per_dim"
 
@@ -130,12 +132,25 @@ def layer_value(layer: LayerEntropy, quantity: Quantity | str = DEFAULT_QUANTITY
     quantity = Quantity(quantity)
     if quantity is not Quantity.DELTA_H_PER_DIM and _single_singular_value(layer):
         return None  # one singular value: its shape is 0 whatever the weights (no information)
-    if quantity is Quantity.SHAPE_EXCESS:
+    if quantity in (Quantity.SHAPE_EXCESS, Quantity.RELATIVE_EXCESS):
         s, base = layer.spectral_shape, layer.spectral_shape_random
         value = None if s is None or base is None else s - base
+        if value is not None and quantity is Quantity.RELATIVE_EXCESS:
+            value = value / abs(base)  # type: ignore[arg-type]  # base != 0: checked above
     else:
         value = getattr(layer, quantity.value)
     return float(value) if value is not None and math.isfinite(value) else None
+
+
+def random_baseline(layer: LayerEntropy, quantity: Quantity | str) -> float | None:
+    """Where a random init of the layer sits on ``quantity`` (None when that depends on the
+    init's scale: ``delta_h_per_dim``)."""
+    quantity = Quantity(quantity)
+    if quantity in (Quantity.SHAPE_EXCESS, Quantity.RELATIVE_EXCESS):
+        return 0.0
+    if quantity is Quantity.SPECTRAL_SHAPE:
+        return layer.spectral_shape_random
+    return None
 
 
 def _single_singular_value(layer: LayerEntropy) -> bool:

@@ -181,8 +181,15 @@ def test_deviation_in_half_band_widths_and_score() -> None:
     assert got["in"][0] == pytest.approx(0.5) and got["in"][1]
     assert got["edge"][0] == pytest.approx(-1.5) and not got["edge"][1]
     assert got["far"][0] == pytest.approx(3.0) and not got["far"][1]
-    assert result.score == pytest.approx((1.0 + 0.5 + 0.0) / 3)
+    # "edge" is outside on the structured side (away from the random-init value 0): out of
+    # band but full credit; "far" is on the random side: no credit beyond 2 half widths
+    assert not got_side(result, "edge") and got_side(result, "far")
+    assert result.score == pytest.approx((1.0 + 1.0 + 0.0) / 3)
     assert [x.name for x in result.out_of_band] == ["edge", "far"]
+
+
+def got_side(result: object, name: str) -> bool | None:
+    return next(x.toward_random for x in result.layers if x.name == name)  # type: ignore[attr-defined]
 
 
 def test_layers_without_a_band_are_listed_not_scored() -> None:
