@@ -297,10 +297,15 @@ def report(output: str, reference_name: str, **opts: Any) -> None:
         library = load_library()  # a broken reference file fails before the model loads
     result = _run_profile(opts)
     if reference_name != "none":
-        from entropy_probe.patterns.select import compare_with
+        from entropy_probe.patterns.select import AUTO, compare_with
 
-        comparison = compare_with(result, reference_name, library=library)
-        click.echo(comparison.verdict() + f" ({comparison.picked})", err=True)
+        try:
+            comparison = compare_with(result, reference_name, library=library)
+            click.echo(f"{comparison.verdict()} ({comparison.picked})", err=True)
+        except EntropyProbeError as exc:
+            if reference_name != AUTO:
+                raise
+            click.echo(f"note: no comparison in the report: {exc}", err=True)
     try:
         write_report(result, target, comparison=comparison)
     except OSError as exc:
