@@ -162,6 +162,16 @@ def _check_nodes(graph: Any, path: Path) -> None:
     would drop the layer silently, an untyped attribute read as None."""
     import onnx
 
+    names = [t.name for t in (*graph.initializer, *graph.input, *graph.output)]
+    for node in graph.node:
+        names += [node.op_type, node.domain, node.name, *node.input, *node.output]
+        names += [attr.name for attr in node.attribute]
+    if any(not isinstance(name, str) for name in names):  # protobuf gives bytes for bad UTF-8
+        bad = next(name for name in names if not isinstance(name, str))
+        raise SourceError(
+            f"ONNX file {path}: the name {bad!r} is not valid UTF-8: the file is corrupt. "
+            "Re-export the model."
+        )
     for node in graph.node:
         where = node.name or node.op_type
         if node.domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type):
