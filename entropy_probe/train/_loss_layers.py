@@ -162,10 +162,12 @@ def layer_quantity(layer: LossLayer, modules: dict[str, nn.Module], quantity: Qu
         )
     if layer.method is ConvMethod.SPECTRAL:
         return _spectral_quantity(layer, weight, scale, quantity)
-    if quantity is Quantity.SHAPE_EXCESS:
-        if layer.shape_random is None:
+    if quantity in (Quantity.SHAPE_EXCESS, Quantity.RELATIVE_EXCESS):
+        base = layer.shape_random
+        if base is None or base == 0:
             raise UnsupportedLayerError(f"layer {layer.name!r} has no random-init shape baseline")
-        return layer_quantity(layer, modules, Quantity.SPECTRAL_SHAPE) - layer.shape_random
+        excess = layer_quantity(layer, modules, Quantity.SPECTRAL_SHAPE) - base
+        return excess / abs(base) if quantity is Quantity.RELATIVE_EXCESS else excess
     terms = layer.rule.paper_terms(layer.record, weight)
     if scale is not None:
         terms = layer.rule.fold_terms(layer.record, terms, scale)
@@ -187,8 +189,8 @@ def _spectral_quantity(
         raise ShapeError(f"layer {layer.name!r}: its spectral grid is unknown")
     stride = record.stride or (1,) * len(grid)
     dilation = record.dilation or (1,) * len(grid)
-    if quantity is Quantity.SHAPE_EXCESS:
-        raise ShapeError("shape_excess has no spectral-method baseline")
+    if quantity in (Quantity.SHAPE_EXCESS, Quantity.RELATIVE_EXCESS):
+        raise ShapeError(f"{quantity} has no spectral-method baseline")
     if quantity is Quantity.DELTA_H_PER_DIM:
         total = F.conv_spectral_log_volume(effective, grid, stride, dilation, record.groups)
         return total / layer.spectral_dims

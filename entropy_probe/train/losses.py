@@ -296,9 +296,9 @@ def build_entropy_loss(
     spread = _choice(Amortise, amortise, "amortise")
     if method is ConvMethod.BOTH:
         raise LossConfigError("conv_method must be 'paper' or 'spectral', not 'both'")
-    if method is ConvMethod.SPECTRAL and qty is Quantity.SHAPE_EXCESS:
+    if method is ConvMethod.SPECTRAL and qty in (Quantity.SHAPE_EXCESS, Quantity.RELATIVE_EXCESS):
         raise LossConfigError(
-            "shape_excess has a random-init baseline for the paper method only: with "
+            f"{qty} has a random-init baseline for the paper method only: with "
             "conv_method='spectral' use quantity='spectral_shape' or 'delta_h_per_dim'"
         )
     for name, value in (("lambda_dense", lambda_dense), ("lambda_conv", lambda_conv)):
