@@ -20,7 +20,6 @@ rules and functions as the analysis profile (``entropy_probe.entropy.functional`
 from __future__ import annotations
 
 import difflib
-import importlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -364,17 +363,8 @@ def _resolve_reference(
                 f"build the pattern for {quantity} or pass quantity='{reference.quantity}'"
             )
         return reference
-    # Looked up at call time: the resolver lives in the patterns package.
-    patterns = importlib.import_module("entropy_probe.patterns")
-    resolve = getattr(patterns, "resolve_pattern", None)
-    if resolve is None:
-        raise LossConfigError(
-            "reference patterns by name are not available in this version: pass a "
-            "ReferencePattern (entropy_probe.patterns.pattern.profile_pattern)"
-        )
-    pattern = resolve(
+    from entropy_probe.patterns.select import resolve_pattern  # reference store: lazily
+
+    return resolve_pattern(
         "auto" if reference is None else reference, quantity=quantity, profile=profile
     )
-    if not isinstance(pattern, ReferencePattern):
-        raise LossConfigError(f"reference {reference!r} did not resolve to a pattern")
-    return pattern

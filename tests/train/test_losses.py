@@ -506,3 +506,18 @@ def test_unknown_input_shape_and_mismatched_reference_are_clear_errors() -> None
             example_input=torch.randn(1, 12),
         )
     assert issubclass(LossConfigError, EntropyProbeError)
+
+
+def test_reference_by_name_resolves_through_the_pattern_store() -> None:
+    """None means ``auto``: the family is picked from the model's own profile."""
+    model = load_default_model()
+    x = torch.zeros(1, 1, 28, 28)
+    auto = build_entropy_loss(model, lambda_dense=1, lambda_conv=1, example_input=x, every=1)
+    assert auto.reference.quantity is Quantity.SHAPE_EXCESS and auto.reference.label
+    terms = auto(model, 0)
+    assert set(terms) == {"dense", "conv"}
+    assert all(bool(torch.isfinite(t)) and float(t.detach()) >= 0 for t in terms.values())
+    with pytest.raises(EntropyProbeError, match="unknown reference"):
+        build_entropy_loss(
+            model, lambda_dense=1, lambda_conv=1, reference="nosuchfamily", example_input=x
+        )
