@@ -60,9 +60,10 @@ def profile_loaded(
 
         get_estimator(estimator)  # fail on a bad name before any work
         if loaded.state_dict is not None:
+            unknown = "" if loaded.input_shape else " and its input shape is unknown"
             raise SourceError(
-                "--data needs a model that can run: a bare state dict has no architecture "
-                "(give it one, e.g. timm:NAME --weights FILE)"
+                f"--data needs a model that can run: a bare state dict has no architecture"
+                f"{unknown} (give it one, e.g. timm:NAME --weights FILE)"
             )
         inputs = load_inputs(data, loaded, samples=samples)
     records = walk(loaded, registry)
