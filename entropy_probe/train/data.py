@@ -79,7 +79,7 @@ def as_task_data(
     *,
     val_fraction: float = 0.2,
     split_seed: int = 0,
-    image_shape: Sequence[int] | None = None,
+    image_shape: Sequence[int | None] | None = None,
 ) -> TaskData:
     """Anything ``fit`` accepts as data → :class:`TaskData`.
 
@@ -119,13 +119,13 @@ def load_task_data(
     *,
     val_fraction: float = 0.2,
     split_seed: int = 0,
-    image_shape: Sequence[int] | None = None,
+    image_shape: Sequence[int | None] | None = None,
 ) -> TaskData:
     """A built-in dataset name or a directory → :class:`TaskData` (see the module docstring).
 
-    ``image_shape`` ``(C, H, W)`` is what folder images are read as (default: the first
-    image's channels and size). Built-in datasets keep their own shape: see
-    :func:`match_input`.
+    ``image_shape`` ``(C, H, W)`` is what folder images are read as; a ``None`` entry (or no
+    ``image_shape``) takes the first image's channels (grey: 1, else 3) or size. Built-in
+    datasets keep their own shape: see :func:`match_input`.
     """
     the_task = get_task(task)
     path = Path(data).expanduser()
@@ -138,7 +138,7 @@ def load_task_data(
         )
     if (path / "train").is_dir() and (path / "val").is_dir():
         train = _read_dir(path / "train", the_task, image_shape)
-        shape = image_shape or train[0].shape[1:]
+        shape = tuple(int(s) for s in train[0].shape[1:])
         val = _read_dir(path / "val", the_task, shape, classes=train[2])
         tx, ty, classes = train
         vx, vy, _ = val
@@ -206,7 +206,7 @@ def _visible_files(root: Path) -> list[Path]:
 def _read_dir(
     root: Path,
     task: Task,
-    image_shape: Sequence[int] | None,
+    image_shape: Sequence[int | None] | None,
     classes: list[str] | None = None,
 ) -> tuple[Tensor, Tensor | None, list[str]]:
     if task.name == "segment":
@@ -251,28 +251,28 @@ def _open(root: Path, file: Path) -> Any:
         ) from None
 
 
-def _read_images(root: Path, files: list[Path], image_shape: Sequence[int] | None) -> Tensor:
+def _read_images(root: Path, files: list[Path], image_shape: Sequence[int | None] | None) -> Tensor:
     from entropy_probe.empirical.inputs import _pil_to_array
 
     if not files:
         raise SourceError(f"--data {root}: holds no images")
-    shape = tuple(int(s) for s in image_shape) if image_shape is not None else None
+    want = list(image_shape) if image_shape is not None else [None, None, None]
+    shape: tuple[int, ...] | None = None
     arrays = []
     for file in files:
         with _open(root, file) as img:
             if shape is None:
-                shape = (
-                    1 if img.mode in ("L", "1", "I;16", "I", "F") else 3,
-                    img.height,
-                    img.width,
-                )
+                grey = img.mode in ("L", "1", "I;16", "I", "F")
+                shape = (want[0] or (1 if grey else 3), want[1] or img.height, want[2] or img.width)
             if len(shape) != 3 or shape[0] not in (1, 3):
                 raise ShapeError(f"images are read as 1 or 3 channels (C, H, W), not {shape}")
             arrays.append(_pil_to_array(img, shape[0], shape[1], shape[2]))
     return torch.from_numpy(np.stack(arrays))
 
 
-def _read_segmentation(root: Path, image_shape: Sequence[int] | None) -> tuple[Tensor, Tensor]:
+def _read_segmentation(
+    root: Path, image_shape: Sequence[int | None] | None
+) -> tuple[Tensor, Tensor]:
     images_dir, masks_dir = root / "images", root / "masks"
     if not images_dir.is_dir() or not masks_dir.is_dir():
         raise SourceError(

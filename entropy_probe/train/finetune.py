@@ -106,19 +106,19 @@ def _module_of(loaded: LoadedModel) -> nn.Module:
     )
 
 
-def _try_forward(module: nn.Module, x: torch.Tensor) -> str | None:
-    """None if ``module`` accepts ``x`` (eval, no grad), else the first line of the error."""
+def _try_forward(module: nn.Module, x: torch.Tensor) -> tuple[Any, str | None]:
+    """(output, None) if ``module`` accepts ``x`` (eval, no grad), else (None, the first line
+    of the error)."""
     was = module.training
     module.eval()
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            module(x)
+            return module(x), None
     except Exception as exc:  # any model error: reported, never hidden
-        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     finally:
         module.train(was)
-    return None
 
 
 def prepare_model(
@@ -140,16 +140,25 @@ def prepare_model(
     channels = input_shape[0] if input_shape is not None and len(input_shape) == 3 else None
     data = match_input(data, channels, None, normalise)
     x = data.val_x[:2]
-    problem = _try_forward(module, x)
+    output, problem = _try_forward(module, x)
     if problem is not None and input_shape is not None and len(input_shape) == 3:
         size = (int(input_shape[1]), int(input_shape[2]))
         if tuple(x.shape[-2:]) != size:
             data = match_input(data, None, size)
-            problem = _try_forward(module, data.val_x[:2])
+            output, problem = _try_forward(module, data.val_x[:2])
     if problem is not None:
         raise TaskError(
             f"the model cannot run on the data shaped {tuple(data.val_x.shape[1:])}: {problem}"
         )
+    if not isinstance(output, torch.Tensor):
+        raise TaskError(
+            f"the model returns {type(output).__name__}, not one tensor: fine-tuning needs a "
+            "model whose forward returns the task output"
+        )
+    # The kind of output (and, for segment, its size) must fit before a head is swapped;
+    # the class count is what adapt_head fixes, so it is not checked here.
+    y = task.target_for(data.val_x[:2], None if data.val_y is None else data.val_y[:2])
+    task.check_output(output, y, 0)
     want = output_channels_for(task, data.num_classes, current_outputs(module, task))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -301,14 +310,18 @@ def finetune(
     module = _module_of(loaded)
     notes = list(loaded.notes)
     shape = loaded.input_shape
-    image_shape = shape if shape is not None and len(shape) == 3 and shape[0] in (1, 3) else None
-    task_data = as_task_data(data, the_task, image_shape=image_shape, split_seed=cfg.seed)
+    # Folder images are read with the model's channels at their own size; prepare_model
+    # resizes them to the model's input size only if the model cannot run on them.
+    channels = shape[0] if shape is not None and len(shape) == 3 and shape[0] in (1, 3) else None
+    task_data = as_task_data(
+        data, the_task, image_shape=(channels, None, None), split_seed=cfg.seed
+    )
     normalise = None
     if isinstance(data, str | Path) and task_data.train_x.dim() == 4:
         from entropy_probe.empirical.inputs import normalisation
 
-        channels = shape[0] if shape is not None else int(task_data.train_x.shape[1])
-        normalise = normalisation(loaded, channels) if loaded.format != "default" else None
+        wanted = shape[0] if shape is not None else int(task_data.train_x.shape[1])
+        normalise = normalisation(loaded, wanted) if loaded.format != "default" else None
     task_data, head_notes = prepare_model(
         module, the_task, task_data, input_shape=shape, normalise=normalise, seed=cfg.seed
     )

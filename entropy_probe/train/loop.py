@@ -351,6 +351,7 @@ class _Runner:
             "data_order": self.order.get_state(),
             "history": [r.to_dict() for r in history],
             "elapsed_s": elapsed,
+            "num_threads": torch.get_num_threads(),
         }
 
     def _restore(self, payload: dict[str, Any]) -> None:
@@ -405,6 +406,13 @@ class _Runner:
             if problem:
                 raise EntropyProbeError(problem)
             self.notes.append(f"resumed from {loaded.path.name} (epoch {loaded.payload['epoch']})")
+            threads = loaded.payload.get("num_threads")
+            if threads is not None and threads != torch.get_num_threads():
+                self.notes.append(
+                    f"the checkpoint was written with {threads} torch threads and this run has "
+                    f"{torch.get_num_threads()}: CPU float sums may round differently, so the "
+                    "weights can differ in the last bits from an uninterrupted run"
+                )
         elif resume:
             self.notes.append(f"--resume: no checkpoint in {out} yet, starting from scratch")
         atomic_write_text(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from torch import nn
 
 from entropy_probe.errors import EntropyProbeError
 from entropy_probe.train import checkpoint as ckpt
@@ -63,18 +65,28 @@ def test_a_lock_from_another_host_names_it(tmp_path: Path):
         RunLock(tmp_path).acquire()
 
 
-@pytest.mark.parametrize("damage", ["truncate", "bitflip", "empty"])
-def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(tmp_path: Path, damage: str):
-    data = digits_data()
+@pytest.fixture(scope="module")
+def two_epochs_done(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, nn.Module]:
+    """A 3-epoch run stopped in epoch 3 (checkpoints 1 and 2), and the uninterrupted result."""
     reference = tiny_mlp()
-    fit(reference, "classify", data, CONFIG)
+    fit(reference, "classify", digits_data(), CONFIG)
+    out = tmp_path_factory.mktemp("stopped")
 
     def stop(epoch: int, step: int) -> None:
         if epoch == 3:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        fit(tiny_mlp(), "classify", data, CONFIG, out_dir=tmp_path, on_step=stop)
+        fit(tiny_mlp(), "classify", digits_data(), CONFIG, out_dir=out, on_step=stop)
+    return out, reference
+
+
+@pytest.mark.parametrize("damage", ["truncate", "bitflip", "empty"])
+def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(
+    tmp_path: Path, two_epochs_done: tuple[Path, nn.Module], damage: str
+):
+    stopped, reference = two_epochs_done
+    shutil.copytree(stopped, tmp_path, dirs_exist_ok=True)
     last = tmp_path / "checkpoint-e0002.pt"
     raw = bytearray(last.read_bytes())
     if damage == "truncate":
@@ -85,8 +97,8 @@ def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(tmp_path: Path
         raw = bytearray()
     last.write_bytes(bytes(raw))
     resumed = tiny_mlp()
-    with pytest.warns(UserWarning, match="checkpoint-e0002.pt is .*falling back"):
-        result = fit(resumed, "classify", data, CONFIG, out_dir=tmp_path, resume=True)
+    with pytest.warns(UserWarning, match=r"checkpoint-e0002\.pt is .*falling back"):
+        result = fit(resumed, "classify", digits_data(), CONFIG, out_dir=tmp_path, resume=True)
     assert result.resumed_from == 1
     assert weights_equal(reference, resumed)  # epochs 2 and 3 redone from epoch 1's state
 

@@ -209,3 +209,22 @@ def test_fit_on_cuda_with_mixed_precision(tmp_path: Path, amp: str):
     result = fit(model, "classify", data, config, out_dir=tmp_path)
     assert result.final_metric is not None and result.final_metric > 0.5
     assert next(model.parameters()).device.type == "cuda"
+
+
+def test_fit_with_the_entropy_loss_of_the_losses_module():
+    losses = pytest.importorskip("entropy_probe.train.losses")
+    from entropy_probe.api import profile_loaded
+    from entropy_probe.loading import LoadedModel
+    from entropy_probe.patterns.pattern import profile_pattern
+
+    data = digits_data()
+    model = tiny_mlp()
+    loaded = LoadedModel(source="mlp", format="torch", module=tiny_mlp(1), input_shape=(1, 8, 8))
+    pattern = profile_pattern(profile_loaded(loaded, device="cpu", progress=False))
+    aux = losses.build_entropy_loss(
+        model, lambda_dense=0.1, lambda_conv=0.0, reference=pattern, example_input=data.val_x[:1]
+    )
+    result = fit(model, "classify", data, replace(CONFIG, epochs=1), aux_loss=aux)
+    record = result.history[0]
+    assert "dense" in record.parts
+    assert record.train_loss == pytest.approx(record.task_loss + sum(record.parts.values()))
