@@ -255,13 +255,15 @@ class _Runner:
 
     # -- setup ---------------------------------------------------------------------------
 
-    def _config_record(self, extra: dict[str, Any]) -> dict[str, Any]:
+    def _config_record(self, extra: dict[str, Any], hashed: bool) -> dict[str, Any]:
+        """What a resume must match. The data and model hashes (tens of ms on mnist5k) are
+        only computed when there is an output directory to resume from."""
         return {
             "fit": {f.name: getattr(self.cfg, f.name) for f in fields(self.cfg)},
             "task": self.task.name,
             "data": self.data.description,
-            "data_sha256": self.data.fingerprint(),
-            "model_sha256": _model_fingerprint(self.model),
+            "data_sha256": self.data.fingerprint() if hashed else None,
+            "model_sha256": _model_fingerprint(self.model) if hashed else None,
             "world_size": self.info.world_size,
             "aux_loss": type(self.aux_loss).__name__ if self.aux_loss is not None else None,
             **extra,
@@ -431,7 +433,7 @@ class _Runner:
     ) -> FitResult:
         start = time.perf_counter()
         self.notes: list[str] = list(self.data.notes)
-        self.config_record = self._config_record(extra)
+        self.config_record = self._config_record(extra, hashed=out is not None)
         self.config_hash = self._hash(self.config_record)
         self._build()
         self._check_output()
