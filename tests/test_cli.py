@@ -227,7 +227,7 @@ def test_list_loaders() -> None:
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
     schemes = [line.split()[0] for line in lines]
-    assert schemes == ["default", "onnx", "safetensors", "smp", "timm", "torch"]
+    assert schemes == ["default", "onnx", "safetensors", "smp", "timm", "torch", "zoo"]
     assert all(line.endswith("(from builtin)") for line in lines)
     assert ".onnx" in result.stdout and ".safetensors" in result.stdout
 

@@ -35,7 +35,7 @@ from entropy_probe.plugins import (
     reset_registry,
 )
 
-BUILTIN_LOADERS = ["default", "onnx", "safetensors", "smp", "timm", "torch"]
+BUILTIN_LOADERS = ["default", "onnx", "safetensors", "smp", "timm", "torch", "zoo"]
 BUILTIN_RULES = [
     "batchnorm",
     "conv1d",

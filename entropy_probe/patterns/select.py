@@ -30,6 +30,7 @@ __all__ = ["AUTO", "Traits", "compare_with", "guess_family", "resolve_band", "re
 AUTO = "auto"
 CLASSIFIER, SEGMENTER = "classifier_cnn", "encoder_decoder"
 DENSE_AE, CONV_AE = "dense_autoencoder", "conv_autoencoder"
+DENSE_CLASSIFIER = "classifier_mlp"
 
 
 @dataclass(frozen=True)
@@ -70,11 +71,11 @@ def guess_family(profile: Profile, families: list[str]) -> tuple[str, str]:
             f"{profile.source}: no analysed dense or conv layer, so no family can be picked"
         )
     if traits.conv_layers == 0:
-        wanted = DENSE_AE if traits.reconstructs else ""
+        wanted = DENSE_AE if traits.reconstructs else DENSE_CLASSIFIER
         why = (
             "dense layers only, output the size of the input"
             if traits.reconstructs
-            else "dense layers only"
+            else "dense layers only, output smaller than the input"
         )
     elif traits.dense_prediction:
         wanted = CONV_AE if traits.reconstructs and CONV_AE in families else SEGMENTER
@@ -88,7 +89,7 @@ def guess_family(profile: Profile, families: list[str]) -> tuple[str, str]:
     if wanted in families:
         return wanted, why
     fallback = DENSE_AE if traits.conv_layers == 0 and DENSE_AE in families else families[0]
-    return fallback, f"{why}; no {wanted or 'matching'} family exists, nearest is {fallback}"
+    return fallback, f"{why}; no {wanted} family exists, nearest is {fallback}"
 
 
 def resolve_band(

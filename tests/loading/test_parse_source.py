@@ -162,7 +162,7 @@ def test_empty_source(registry: PluginRegistry, source: str) -> None:
 def test_unknown_scheme_lists_the_valid_ones(registry: PluginRegistry) -> None:
     with pytest.raises(SourceError, match=r"^unknown source scheme 'foo'\.") as info:
         parse_source("foo:bar", registry)
-    assert "Valid: default, onnx, safetensors, smp, timm, torch." in str(info.value)
+    assert "Valid: default, onnx, safetensors, smp, timm, torch, zoo." in str(info.value)
     assert "loader scheme" not in str(info.value)
 
 
