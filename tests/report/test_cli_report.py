@@ -29,7 +29,9 @@ def test_report_writes_the_default_model_report(tmp_path: Path) -> None:
     target = tmp_path / "out" / "report.html"
     result = invoke("report", "-o", str(target), "--device", "cpu")
     assert result.exit_code == 0, result.output
-    assert re.fullmatch(rf"wrote {re.escape(str(target))} \(\d+ KiB\)", result.stderr.strip())
+    first, verdict = result.stderr.strip().splitlines()
+    assert re.fullmatch(rf"wrote {re.escape(str(target))} \(\d+ KiB\)", first)
+    assert verdict.startswith("agreement ") and "classifier_cnn" in verdict
     tree = parse(target.read_text(encoding="utf-8"))
     names = [td.text() for td in tree.find_all("td") if "name" in td.classes()]
     assert names[:2] == ["features.0", "features.1"]

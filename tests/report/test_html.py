@@ -276,8 +276,8 @@ def test_comparison_verdict_in_plain_words() -> None:
     assert "0.62" in section or "0.63" in section
     assert "classifier-cnn <v1>" in section
     assert "2 of 3 compared layers are outside" in " ".join(section.split())
-    assert EVIL in section and "2.75 band widths above" in section
-    assert "-1.50 band widths below" in section
+    assert EVIL in section and "2.75 half band widths above" in section
+    assert "-1.50 half band widths below" in section
     assert "oob" in _row(tree, 2).classes()
     assert any(n.tag == "circle" and "ring" in n.classes() for n in tree.iter())
     headers = [th.text() for th in tree.by_id("layer-table").find_all("th")]
@@ -333,14 +333,15 @@ def test_layer_entropy_fields_reach_the_table() -> None:
     headers = {th.text() for th in tree.by_id("layer-table").find_all("th")}
     expected = {
         "#", "Layer", "Kind", "Status", "Weight", "Output", "Positions", "Depth", "ΔH",
-        "ΔH/dim", "Shape s", "Shape excess", "ΔH spectral", "ΔH raw", "H(out)/dim emp.", "ΔH/dim emp.",
-        "Estimator", "Deviation", "Note",
+        "ΔH/dim", "Shape s", "Shape excess", "ΔH spectral", "ΔH raw", "H(out)/dim emp.",
+        "ΔH/dim emp.", "Estimator", "Deviation", "Note",
     }  # fmt: skip
     assert headers == expected
     shown = {
         "name", "kind", "op_type", "status", "reason", "weight_shape", "in_shape", "out_shape",
         "positions", "delta_h", "delta_h_per_dim", "delta_h_spectral", "spectral_shape",
-        "spectral_shape_random", "delta_h_raw", "folded_batchnorm", "folded_into", "calls", "depth", "empirical",
+        "spectral_shape_random", "delta_h_raw", "folded_batchnorm", "folded_into", "calls",
+        "depth", "empirical",
     }  # fmt: skip
     assert set(LayerEntropy.__dataclass_fields__) == shown
     assert Status.SKIPPED.value in {r.attrs["data-status"] for r in tree.find_all("tr")[1:]}
