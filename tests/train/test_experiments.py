@@ -195,7 +195,7 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
     payload = json.loads((tmp_path / "out" / "dense_ae_quick.json").read_text())
     test_runs = [r for r in payload["runs"] if r["split"] == "test"]
     arms = {(r["arm"], r["optimizer"]) for r in test_runs}
-    for arm in ("plain", "lr_tuned", "init_rescale", "guided", "tuned_guided"):
+    for arm in ("plain", "lr_tuned", "init_rescale", "tuned_rescale", "guided", "tuned_guided"):
         for opt in ("sgd", "adam"):
             assert (arm, opt) in arms
     assert all(len(r["metrics"]) == 2 for r in test_runs)
