@@ -547,8 +547,8 @@ class _Runner:
                 loss = loss + part.float()
             if not bool(torch.isfinite(loss)):
                 raise EntropyProbeError(
-                    f"the loss became {float(loss)} at epoch {epoch + 1}, step {step + 1} "
-                    f"(task {float(task_loss):.4g}); try a lower --lr"
+                    f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step "
+                    f"{step + 1} (task {float(task_loss.detach()):.4g}); try a lower --lr"
                 )
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]

@@ -147,3 +147,14 @@ def test_output_paths_never_escape_the_output_directory(tmp_path: Path):
     with pytest.raises(EntropyProbeError, match="resolves outside"):
         fit(tiny_mlp(), "classify", digits_data(64, 32), replace(TWO, epochs=1), out_dir=out)
     assert not (tmp_path / "elsewhere.jsonl").exists()
+
+
+def test_a_diverging_loss_stops_with_the_step_and_a_hint(tmp_path: Path):
+    """An absurd learning rate makes the loss non-finite: one clear error naming where it
+    happened and what to try; the last complete checkpoint (none here) is not replaced."""
+    config = replace(CONFIG, lr=1e30, optimizer="sgd", momentum=0.0)
+    with pytest.raises(
+        EntropyProbeError, match=r"the loss became .* at epoch 1, step \d+ .*lower --lr"
+    ):
+        fit(tiny_mlp(), "classify", digits_data(64, 32), config, out_dir=tmp_path / "run")
+    assert not list((tmp_path / "run").glob("checkpoint-*.pt"))
