@@ -239,18 +239,25 @@ def _run_profile(opts: dict[str, Any]) -> Profile:
 def profile(json_path: str | None, all_layers: bool, **opts: Any) -> None:
     result = _run_profile(opts)
     if json_path:
-        text = json.dumps(result.to_dict(), indent=2, allow_nan=False)
+        write_json_option(result.to_dict(), json_path, announce=False)
         if json_path == "-":
-            click.echo(text)
             return
-        try:
-            atomic_write_text(json_path, text + "\n")
-        except OSError as exc:
-            raise EntropyProbeError(
-                f"cannot write --json {json_path}: {exc.strerror or exc}"
-            ) from None
     _print_profile(result, all_layers=all_layers)
     if json_path:
+        click.echo(f"wrote {json_path}", err=True)
+
+
+def write_json_option(data: dict[str, Any], json_path: str, *, announce: bool = True) -> None:
+    """``--json PATH|-``: strict JSON to stdout, or atomically to PATH (one-line error)."""
+    text = json.dumps(data, indent=2, allow_nan=False)
+    if json_path == "-":
+        click.echo(text)
+        return
+    try:
+        atomic_write_text(json_path, text + "\n")
+    except OSError as exc:
+        raise EntropyProbeError(f"cannot write --json {json_path}: {exc.strerror or exc}") from None
+    if announce:
         click.echo(f"wrote {json_path}", err=True)
 
 

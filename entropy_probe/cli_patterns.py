@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
@@ -10,9 +9,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from entropy_probe._io import atomic_write_text
-from entropy_probe.cli import _SOURCE_HELP, _friendly_errors, _model_options, _run_profile
-from entropy_probe.errors import EntropyProbeError
+from entropy_probe.cli import (
+    _SOURCE_HELP,
+    _friendly_errors,
+    _model_options,
+    _run_profile,
+    write_json_option,
+)
 from entropy_probe.patterns.compare import Comparison, family_band
 from entropy_probe.patterns.pattern import DEFAULT_QUANTITY, Quantity
 from entropy_probe.patterns.reference import (
@@ -35,18 +38,6 @@ _QUANTITY_HELP = (
 
 def _console() -> Console:
     return Console(highlight=False, width=None if sys.stdout.isatty() else 140)
-
-
-def _write_json(data: dict[str, Any], json_path: str) -> None:
-    text = json.dumps(data, indent=2, allow_nan=False)
-    if json_path == "-":
-        click.echo(text)
-        return
-    try:
-        atomic_write_text(json_path, text + "\n")
-    except OSError as exc:
-        raise EntropyProbeError(f"cannot write --json {json_path}: {exc.strerror or exc}") from None
-    click.echo(f"wrote {json_path}", err=True)
 
 
 def print_comparison(result: Comparison) -> None:
@@ -118,7 +109,7 @@ def compare(reference_name: str, quantity: str, json_path: str | None, **opts: A
     library = load_library()  # fail on a broken user reference before the model loads
     result = compare_with(_run_profile(opts), reference_name, quantity=quantity, library=library)
     if json_path:
-        _write_json(result.to_dict(), json_path)
+        write_json_option(result.to_dict(), json_path)
         if json_path == "-":
             return
     print_comparison(result)
@@ -180,7 +171,7 @@ def reference_show(name: str, quantity: str, json_path: str | None) -> None:
         band = family_band(name, library.family(name), q)
         data: dict[str, Any] = band.to_dict()
         if json_path:
-            _write_json(data, json_path)
+            write_json_option(data, json_path)
             return
         console = _console()
         console.print(f"[bold]family {name}[/bold]: {', '.join(band.members)}  ({q})")
@@ -201,7 +192,7 @@ def reference_show(name: str, quantity: str, json_path: str | None) -> None:
     ref = library.get(name)
     data = _show_reference(ref, q)
     if json_path:
-        _write_json(data, json_path)
+        write_json_option(data, json_path)
         return
     console = _console()
     prov = ref.provenance
