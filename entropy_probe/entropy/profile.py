@@ -19,6 +19,7 @@ from entropy_probe.errors import EntropyProbeError, UnknownNameError, Unsupporte
 from entropy_probe.walk.records import LayerRecord, Shape
 
 PROFILE_SCHEMA = "entropy_probe.profile/1"
+_BATCH_BYTES = 256 * 2**20  # float64 matrices decomposed in one batched call, at most
 
 
 @dataclass(frozen=True)
@@ -184,14 +185,24 @@ def _evaluate_terms(
         else:
             assert terms.value is not None and terms.sq_norm is not None
             out[key] = [float(terms.value), float(terms.sq_norm)]
-    for (_, _, dtype), group in by_shape.items():
-        keys = [key for key, mats in group for _ in range(mats.shape[0])]
-        batch = torch.cat([F.precise(mats.detach()).to(device) for _, mats in group])
-        logs = F.sum_log_singular_values(batch, tolerance_dtype=dtype).cpu().tolist()
-        sqs = (torch.linalg.vector_norm(batch, dim=(-2, -1)) ** 2).cpu().tolist()
-        for key, log_value, sq in zip(keys, logs, sqs, strict=True):
-            out[key][0] += log_value
-            out[key][1] += sq
+    for (m, n, dtype), group in by_shape.items():
+        # float64 copies of a whole group at once cost 2× a large model's weights (vit_large:
+        # +2.4 GB); batches of at most _BATCH_BYTES keep the batching and bound the memory
+        per_batch = max(1, _BATCH_BYTES // (8 * m * n))
+        pieces = [(key, piece) for key, mats in group for piece in torch.split(mats, per_batch)]
+        batches: list[list[tuple[int, Tensor]]] = [[]]
+        for key, piece in pieces:
+            if sum(p.shape[0] for _, p in batches[-1]) + piece.shape[0] > per_batch:
+                batches.append([])
+            batches[-1].append((key, piece))
+        for chunk in batches:
+            keys = [key for key, piece in chunk for _ in range(piece.shape[0])]
+            batch = torch.cat([F.precise(piece.detach()).to(device) for _, piece in chunk])
+            logs = F.sum_log_singular_values(batch, tolerance_dtype=dtype).cpu().tolist()
+            sqs = (torch.linalg.vector_norm(batch, dim=(-2, -1)) ** 2).cpu().tolist()
+            for key, log_value, sq in zip(keys, logs, sqs, strict=True):
+                out[key][0] += log_value
+                out[key][1] += sq
     return {key: (vals[0], vals[1]) for key, vals in out.items()}
 
 

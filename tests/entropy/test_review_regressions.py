@@ -232,3 +232,16 @@ def test_total_is_unknown_when_some_positions_are_unknown() -> None:
         source="s", format="f", input_shape=None, layers=(layer("a", 1.0), layer("b", 2.5))
     )
     assert full.total_delta_h() == 3.5
+
+
+def test_batches_split_by_the_memory_budget_give_the_same_values(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The batched math is split to bound float64 copies; a budget of one matrix per call must
+    not change a single value (vit_large would otherwise add 2× its weights)."""
+    import entropy_probe.entropy.profile as engine
+    from entropy_probe.api import profile
+
+    whole = profile("default", progress=False)
+    monkeypatch.setattr(engine, "_BATCH_BYTES", 1)
+    split = profile("default", progress=False)
+    for a, b in zip(whole.layers, split.layers, strict=True):
+        assert a.delta_h_per_dim == b.delta_h_per_dim and a.spectral_shape == b.spectral_shape
