@@ -92,7 +92,8 @@ class Setup:
 
 def _split_data(x: torch.Tensor, y: torch.Tensor | None, n_train: int | None = None, **kw: Any):
     train, val, test = three_way_split(int(x.shape[0]), **kw)
-    if n_train is not None:
+    if n_train is not None:  # a seeded random subset (the indices are sorted)
+        train = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))]
         train = train[:n_train]
     pick = (lambda idx: None) if y is None else (lambda idx: y[idx])
     return (
@@ -224,8 +225,10 @@ def setup_orientation(quick: bool) -> Setup:
 
     val, test, sizes = _mnist("classify", quick)
     n_train = 150 if quick else 600
+    # a seeded random subset: the split's indices are sorted and mnist5k is ordered by class
+    keep = torch.randperm(len(val.train_x), generator=torch.Generator().manual_seed(0))[:n_train]
     val, test = (
-        replace(d, train_x=d.train_x[:n_train], train_y=d.train_y[:n_train])  # type: ignore[index]
+        replace(d, train_x=d.train_x[keep], train_y=d.train_y[keep])  # type: ignore[index]
         for d in (val, test)
     )
     val, test = (match_input(d, 3, (48, 48), (IMAGENET_MEAN, IMAGENET_STD)) for d in (val, test))
@@ -499,13 +502,27 @@ def verdict(summaries: list[Any], hib: bool) -> list[str]:
                 if hib
                 else s.final_median < best_final.final_median
             )
+            # "better" only counts when the seed ranges do not overlap
+            disjoint = (
+                s.final_min > best_final.final_max if hib else s.final_max < best_final.final_min
+            )
+            final_word = (
+                ("better, seed ranges disjoint" if disjoint else "better median, ranges overlap")
+                if better_final
+                else "not better"
+            )
             faster = s.epochs_median < best_epochs.epochs_median
+            faster_all = s.epochs_max < best_epochs.epochs_min
+            speed_word = (
+                ("faster, ranges disjoint" if faster_all else "faster median, ranges overlap")
+                if faster
+                else "not faster"
+            )
             out.append(
                 f"- {opt} {s.arm}: final {s.final_median:.4f} vs best control "
-                f"{best_final.arm} {best_final.final_median:.4f} "
-                f"({'better' if better_final else 'not better'}); epochs to target "
-                f"{s.epochs_median:g} vs {best_epochs.arm} {best_epochs.epochs_median:g} "
-                f"({'faster' if faster else 'not faster'})"
+                f"{best_final.arm} {best_final.final_median:.4f} ({final_word}); epochs to "
+                f"target {s.epochs_median:g} vs {best_epochs.arm} {best_epochs.epochs_median:g} "
+                f"({speed_word})"
             )
     return out
 
