@@ -7,7 +7,11 @@ import math
 import pytest
 import torch
 
-from entropy_probe.entropy.functional import gaussian_spectral_shape, spectral_shape
+from entropy_probe.entropy.functional import (
+    gaussian_spectral_shape,
+    spectral_shape,
+    sum_log_singular_values,
+)
 from entropy_probe.errors import ShapeError
 
 
@@ -35,7 +39,12 @@ def test_square_tends_to_minus_half_and_thin_to_zero() -> None:
 def test_matches_monte_carlo(blocks: int, m: int, n: int) -> None:
     gen = torch.Generator().manual_seed(0)
     draws = torch.randn(4000, blocks, m, n, generator=gen, dtype=torch.float64)
-    samples = torch.stack([spectral_shape(d) for d in draws])
+    # spectral_shape of each draw, batched: mean log σ over its blocks minus log rms σ
+    k = min(m, n)
+    logs = sum_log_singular_values(draws.reshape(-1, m, n)).reshape(4000, blocks).sum(1)
+    mean_sq = (draws**2).sum(dim=(1, 2, 3)) / (blocks * k)
+    samples = logs / (blocks * k) - 0.5 * torch.log(mean_sq)
+    assert float(samples[0]) == pytest.approx(float(spectral_shape(draws[0])), abs=1e-12)
     mean, se = float(samples.mean()), float(samples.std() / math.sqrt(len(samples)))
     assert abs(mean - gaussian_spectral_shape(m, n, blocks)) < 4 * se + 1e-12
 
