@@ -80,10 +80,14 @@ class Row:
 def scores_of(
     profile: Profile, library: ReferenceLibrary, exclude: tuple[str, ...] = ()
 ) -> dict[str, float | None]:
-    return {
-        str(q): compare_with(profile, "auto", quantity=q, library=library, exclude=exclude).score
-        for q in Quantity
-    }
+    out: dict[str, float | None] = {}
+    for q in Quantity:
+        result = compare_with(profile, "auto", quantity=q, library=library, exclude=exclude)
+        out[str(q)] = result.score
+        if q is Quantity.SHAPE_EXCESS:  # design v1: both sides of the band penalised alike
+            credits = [max(0.0, min(1.0, 2.0 - abs(x.deviation))) for x in result.layers]
+            out["shape_excess_symmetric"] = sum(credits) / len(credits) if credits else None
+    return out
 
 
 def weightwatcher(model: nn.Module) -> tuple[float | None, float | None, int]:
@@ -297,7 +301,7 @@ def paired_auc(
 
 def summarise(rows: list[Row]) -> dict[str, object]:
     designs: dict[str, object] = {}
-    scored = [str(q) for q in Quantity] + ["ww_alpha", "ww_good"]
+    scored = [str(q) for q in Quantity] + ["shape_excess_symmetric", "ww_alpha", "ww_good"]
 
     def value(row: Row, key: str) -> float | None:
         if key == "ww_alpha":
