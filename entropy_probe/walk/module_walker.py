@@ -242,8 +242,20 @@ def _record(
         "calls": max(trace.calls.get(name, 0), 1),
         "call_shapes": tuple(shapes),
     }
+    unexecuted = "not executed by the traced forward pass: positions unknown"
     if name not in trace.calls:
-        common["reason"] = "not executed by the traced forward pass: positions unknown"
+        common["reason"] = unexecuted
+
+    def skipped(kind: str, status: Status, why: str) -> LayerRecord:
+        # a layer the forward pass never ran keeps both reasons (one keyword, not two)
+        both = f"{why}; {unexecuted}" if "reason" in common else why
+        return LayerRecord(
+            kind=kind,
+            status=status,
+            reason=both,
+            **{k: v for k, v in common.items() if k != "reason"},
+        )
+
     if kind is None:
         params = ", ".join(n for n, _ in module.named_parameters(recurse=False))
         if isinstance(module, _FEATURE_NORMS):
@@ -255,17 +267,14 @@ def _record(
             reason = (
                 f"no rule for {type(module).__name__} (parameters: {params}); a plugin can add one"
             )
-        return LayerRecord(
-            kind=type(module).__name__.lower(), status=status, reason=reason, **common
-        )
+        return skipped(type(module).__name__.lower(), status, reason)
     if kind == LayerKind.BATCHNORM:
         var = getattr(module, "running_var", None)
         if not isinstance(var, Tensor):
-            return LayerRecord(
-                kind=kind,
-                status=Status.SKIPPED,
-                reason="BatchNorm without running statistics (track_running_stats=False)",
-                **common,
+            return skipped(
+                kind,
+                Status.SKIPPED,
+                "BatchNorm without running statistics (track_running_stats=False)",
             )
         gamma = getattr(module, "weight", None)
         bn = BatchNormParams(
@@ -277,9 +286,7 @@ def _record(
         return LayerRecord(kind=kind, batchnorm=bn, folded_into=folded_into, **common)
     weight = getattr(module, "weight", None)
     if not isinstance(weight, Tensor):
-        return LayerRecord(
-            kind=kind, status=Status.SKIPPED, reason="module has no `weight` tensor", **common
-        )
+        return skipped(kind, Status.SKIPPED, "module has no `weight` tensor")
     conv: dict[str, Any] = {}
     if isinstance(module, nn.modules.conv._ConvNd):
         padding = module.padding if isinstance(module.padding, tuple) else ()

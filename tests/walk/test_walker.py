@@ -305,3 +305,30 @@ def test_walk_is_deterministic(registry: PluginRegistry) -> None:
     first = walk_module(model, case.input_shape, registry)
     second = walk_module(model, case.input_shape, registry)
     assert first == second
+
+
+def test_an_unexecuted_module_without_a_rule_keeps_both_reasons() -> None:
+    """A parameter holder the forward pass never runs (onnx2torch keeps initializers in one)
+    used to pass `reason` twice and crash the walk."""
+    from entropy_probe.api import profile_loaded
+    from entropy_probe.loading import LoadedModel
+
+    class Holder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.table = nn.Parameter(torch.ones(3, 3))
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+            self.unused = Holder()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x)
+
+    result = profile_loaded(
+        LoadedModel(source="t", format="torch", module=Net(), input_shape=(4,)), progress=False
+    )
+    row = next(layer for layer in result.layers if layer.name == "unused")
+    assert "no rule for Holder" in row.reason and "not executed" in row.reason
