@@ -27,6 +27,7 @@ from entropy_probe.loading import DEFAULT_SOURCE, LoadedModel, LoadOptions, load
 from entropy_probe.train.checkpoint import RunLock, list_checkpoints, safe_path
 from entropy_probe.train.data import TaskData, as_task_data, match_input
 from entropy_probe.train.loop import EpochRecord, FitConfig, FitResult, fit
+from entropy_probe.train.onnx_head import make_matmul_weights_trainable
 from entropy_probe.train.tasks import (
     Task,
     TaskError,
@@ -91,6 +92,9 @@ def onnx_to_torch(loaded: LoadedModel) -> nn.Module:
         raise SourceError(
             f"onnx2torch cannot convert {loaded.source} for training: {first}"
         ) from None
+    # onnx2torch reads a MatMul's weight (and the bias added after it) from buffers: without
+    # this, fine-tuning would never update a MatMul classifier head or a transformer's weights
+    make_matmul_weights_trainable(module)
     return module
 
 

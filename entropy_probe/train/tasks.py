@@ -289,9 +289,10 @@ def adapt_head(model: nn.Module, task: str | Task, num_outputs: int) -> HeadChan
 
     timm models: ``reset_classifier``. SMP models: a new first conv in ``segmentation_head``.
     Anything else: the last ``nn.Linear`` (classify) or the last ``nn.Conv2d`` (segment), found
-    in module order, is replaced by a fresh one of the same kind. The new weights come from
-    torch's default init, so they depend on the global RNG (seed it first). ``autoencode`` never
-    changes heads.
+    in module order, is replaced by a fresh one of the same kind; a converted ONNX classifier
+    without a Linear gets its last MatMul head (weight and bias initializers) resized. The new
+    weights come from torch's default init, so they depend on the global RNG (seed it first).
+    ``autoencode`` never changes heads.
     """
     name = get_task(task).name
     if name == "autoencode":
@@ -315,6 +316,15 @@ def adapt_head(model: nn.Module, task: str | Task, num_outputs: int) -> HeadChan
             )
     kind: type[nn.Module] = nn.Linear if name == "classify" else nn.Conv2d
     last = [(n, m) for n, m in model.named_modules() if isinstance(m, kind)]
+    if name == "classify" and not last:
+        from entropy_probe.train.onnx_head import replace_matmul_head
+
+        replaced = replace_matmul_head(model, num_outputs)  # a converted ONNX MatMul head
+        if replaced is not None:
+            weight, old_outputs = replaced
+            if old_outputs == num_outputs:
+                return None
+            return HeadChange(weight, old_outputs, num_outputs, "ONNX MatMul head replaced")
     if not last:
         raise TaskError(
             f"cannot adapt the head for task {name}: the model has no {kind.__name__} layer to "
