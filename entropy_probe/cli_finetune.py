@@ -42,6 +42,18 @@ def _main_rank() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def _every(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        every = int(value)
+    except ValueError:
+        every = 0
+    if every < 1:
+        raise click.BadParameter(f"{value!r}: give auto or a whole number >= 1")
+    return every
+
+
 @click.command(
     help="""Fine-tune SOURCE on real data, optionally with entropy loss terms.
 
@@ -93,6 +105,15 @@ def _main_rank() -> bool:
     help="Entropy loss: pull toward the reference pattern, or push along its sign.",
 )
 @click.option("--reference", help="Reference pattern (family name or checkpoint); default auto.")
+@click.option(
+    "--entropy-every",
+    default="auto",
+    show_default=True,
+    metavar="auto|N",
+    callback=lambda ctx, param, value: _every(value),
+    help="Evaluate the entropy terms every N steps (the last gradient is reused between); "
+    "auto keeps them within 5% of a training step by a FLOP estimate.",
+)
 @click.option(
     "--out",
     type=click.Path(file_okay=False),
@@ -167,6 +188,7 @@ def finetune(**opts: Any) -> None:
         lambda_conv=opts["lambda_conv"],
         mode=opts["mode"],
         reference=opts["reference"],
+        entropy_every=opts["entropy_every"],
         resume=opts["resume"],
         on_epoch=echo,
     )

@@ -289,6 +289,7 @@ def finetune(
     lambda_conv: float = 0.0,
     mode: str = "target",
     reference: str | None = None,
+    entropy_every: int | str = "auto",
     resume: bool = False,
     progress: bool | None = None,
     on_step: Callable[[int, int], None] | None = None,
@@ -297,8 +298,9 @@ def finetune(
     """Fine-tune ``source`` on ``data`` and write the result into ``out_dir``.
 
     ``lambda_dense``/``lambda_conv`` > 0 add the entropy loss terms of
-    :func:`entropy_probe.train.losses.build_entropy_loss` (``mode``, ``reference``); with both
-    0 that module is not even imported.
+    :func:`entropy_probe.train.losses.build_entropy_loss` (``mode``, ``reference``, evaluated
+    every ``entropy_every`` steps: ``auto`` keeps them within 5% of a step); with both 0 that
+    module is not even imported.
     """
     cfg = config or FitConfig(log_entropy=True)
     the_task = get_task(task)
@@ -341,6 +343,13 @@ def finetune(
             lambda_conv=lambda_conv,
             reference=reference,
             example_input=task_data.train_x[:1],
+            every=entropy_every,
+            batch_size=cfg.batch_size,
+        )
+        cost = aux.cost_in_steps
+        notes.append(
+            f"entropy terms evaluated every {aux.every} steps"
+            + (f" (one evaluation ≈ {cost:.2g} training steps)" if cost is not None else "")
         )
     extra = {
         "source": loaded.source,
@@ -349,6 +358,7 @@ def finetune(
         "lambda_conv": lambda_conv,
         "mode": mode if aux is not None else None,
         "reference": reference if aux is not None else None,
+        "entropy_every": aux.every if aux is not None else None,
     }
     main = _is_main()
     lock = RunLock(out) if main else None

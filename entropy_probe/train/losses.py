@@ -37,6 +37,7 @@ from entropy_probe.patterns.pattern import (
     LayerGroup,
     Quantity,
     ReferencePattern,
+    layer_group,
 )
 from entropy_probe.train._loss_layers import (
     LossLayer,
@@ -44,6 +45,7 @@ from entropy_probe.train._loss_layers import (
     layer_quantity,
     module_map,
 )
+from entropy_probe.train.loss_cost import auto_every, relative_cost
 
 __all__ = [
     "DEFAULT_AMORTISE",
@@ -157,6 +159,7 @@ class EntropyLoss:
         self.reference = reference
         self.lambdas = dict(lambdas)
         self.every = every
+        self.cost_in_steps: float | None = None  # one evaluation, in plain training steps
         self.tau = tau
         self.layers = layers
         self.profile = profile
@@ -274,10 +277,11 @@ def build_entropy_loss(
     reference: str | ReferencePattern | None = None,
     quantity: str = str(DEFAULT_QUANTITY),
     conv_method: str = "paper",
-    every: int = DEFAULT_EVERY,
+    every: int | str = DEFAULT_EVERY,
     example_input: Tensor | None = None,
     tau: float = 1.0,
     amortise: str = str(DEFAULT_AMORTISE),
+    batch_size: int | None = None,
 ) -> EntropyLoss:
     """Entropy loss terms for ``model`` (DESIGN.md 2.5).
 
@@ -288,6 +292,9 @@ def build_entropy_loss(
     (:class:`Amortise`). ``example_input``: one batch
     (``(1, *input_shape)`` is enough) for the walk; optional for timm models, whose
     ``pretrained_cfg`` gives the input size. ``tau``: the tanh bound of ``direction`` mode.
+    ``every="auto"`` (needs ``batch_size``) picks the smallest ``every`` that keeps the terms
+    within 5% of the training step by the FLOP model of :mod:`entropy_probe.train.loss_cost`
+    (``EntropyLoss.cost_in_steps`` keeps the estimate).
     """
     loss_mode = _choice(LossMode, mode, "mode")
     qty = _choice(Quantity, quantity, "quantity")
@@ -303,8 +310,11 @@ def build_entropy_loss(
     for name, value in (("lambda_dense", lambda_dense), ("lambda_conv", lambda_conv)):
         if not math.isfinite(value) or value < 0:
             raise LossConfigError(f"{name} must be a finite number >= 0, got {value}")
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise LossConfigError(f"every must be an integer >= 1, got {every!r}")
+    auto = every == "auto"
+    if auto and (not isinstance(batch_size, int) or batch_size < 1):
+        raise LossConfigError("every='auto' needs the training batch size: pass batch_size=")
+    if not auto and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        raise LossConfigError(f"every must be an integer >= 1 or 'auto', got {every!r}")
     if not math.isfinite(tau) or tau <= 0:
         raise LossConfigError(f"tau must be a finite number > 0, got {tau}")
 
@@ -316,7 +326,11 @@ def build_entropy_loss(
             "nothing to act on"
         )
     pattern = _resolve_reference(reference, qty, profile)
-    return EntropyLoss(
+    cost = _cost_in_steps(layers, profile, batch_size)
+    if auto:
+        every = auto_every(cost) if cost is not None else DEFAULT_EVERY
+    assert isinstance(every, int)  # checked above, or just chosen
+    loss = EntropyLoss(
         layers,
         pattern,
         mode=loss_mode,
@@ -327,6 +341,23 @@ def build_entropy_loss(
         model=model,
         profile=profile,
     )
+    loss.cost_in_steps = cost
+    return loss
+
+
+def _cost_in_steps(
+    layers: list[LossLayer], profile: Profile, batch_size: int | None
+) -> float | None:
+    """One evaluation of the terms in plain steps (None without a batch size or positions)."""
+    if batch_size is None:
+        return None
+    by_name = {row.name: row for row in profile.layers}
+    terms = [(by_name[layer.name], layer.record.groups) for layer in layers]
+    steps = [row for row in profile.analysed if layer_group(row.kind) is not None]
+    try:
+        return relative_cost(terms, steps, batch_size)
+    except EntropyProbeError:
+        return None
 
 
 def _choice(enum: Any, value: Any, name: str) -> Any:
