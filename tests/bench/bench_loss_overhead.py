@@ -121,11 +121,16 @@ def time_case(
         for key, fn in calls.items():
             best[key] = min(best[key], best_of(1, fn))
     plain = best["plain"]
+    auto = build_entropy_loss(model, every="auto", batch_size=batch, **common)
     row: dict[str, Any] = {
         "model": name,
         "batch": batch,
         "device": str(device),
         "layers": len(losses["eval"].layers),
+        # one evaluation of the terms in plain steps: measured here vs the FLOP model
+        "terms_cost_measured_steps": round((best["reuse_eval"] - plain) / plain, 3),
+        "terms_cost_predicted_steps": round(auto.cost_in_steps or math.nan, 3),
+        "auto_every": auto.every,
         **{f"{k}_s": round(v, 5) for k, v in best.items()},
         "overhead": {},
     }
