@@ -99,29 +99,42 @@ def main() -> None:
     """
 
 
-_SOURCE_HELP = """
+_SOURCES: str = """
     \b
     SOURCE is one of:
       (nothing)              the embedded default model (an MNIST-5k CNN)
       timm:NAME              a timm architecture, e.g. timm:resnet18 (+ --weights FILE)
       smp:ARCH/ENCODER       an SMP model, e.g. smp:Unet/resnet34 (+ --weights FILE)
+      zoo:NAME               one of the project's own trained networks (+ --weights FILE)
       PATH.onnx              an ONNX model (weights read from the graph, no conversion)
       PATH.safetensors|.pt   a state dict (per-dimension values only: no architecture)
       DIRECTORY              a timm or SMP save_pretrained directory
-
+"""
+_SOURCE_HELP: str = (
+    _SOURCES
+    + """
     \b
     --data measures entropy from real activations (see README): a built-in dataset
     (mnist5k, digits, nuclei), an image folder (resized and normalised to the model's input)
     or a .npy array shaped (N, *input_shape).
 """
+)
 
 
-def _model_options(method_default: str) -> Callable[[F], F]:
-    """The options every command that loads and profiles a model shares."""
+def _model_options(
+    method_default: str, *, measure: bool = True, source_required: bool = False
+) -> Callable[[F], F]:
+    """The options every command that loads and profiles a model shares; ``measure=False``
+    leaves out the conv method and the --data options (commands whose result ignores them)."""
     from entropy_probe.empirical.estimators import estimator_names
 
+    source = (
+        click.argument("source")
+        if source_required
+        else click.argument("source", required=False, default="default")
+    )
     options = [
-        click.argument("source", required=False, default="default"),
+        source,
         click.option(
             "--weights",
             type=click.Path(dir_okay=False),
@@ -185,12 +198,26 @@ def _model_options(method_default: str) -> Callable[[F], F]:
         ),
     ]
 
+    if not measure:
+        unused = {"method", "data", "samples", "batch_size", "estimator", "k"}
+        options = [o for o in options if _option_name(o) not in unused]
+
     def apply(func: F) -> F:
         for option in reversed(options):
             func = option(func)
         return func
 
     return apply
+
+
+def _option_name(decorator: Callable[[F], F]) -> str:
+    """The parameter name a click decorator declares (applied to a throw-away function)."""
+
+    def probe() -> None:  # pragma: no cover - never called
+        return None
+
+    params = getattr(decorator(probe), "__click_params__", [])  # type: ignore[arg-type]
+    return str(params[-1].name) if params else ""
 
 
 def _run_profile(opts: dict[str, Any]) -> Profile:
@@ -200,14 +227,14 @@ def _run_profile(opts: dict[str, Any]) -> Profile:
         opts["source"],
         weights=opts["weights"],
         input_shape=opts["input_shape"],
-        method=opts["method"],
+        method=opts.get("method", "paper"),
         device=opts["device"],
         trust_pickle=opts["trust_pickle"],
-        data=opts["data"],
-        samples=opts["samples"],
-        batch_size=opts["batch_size"],
-        estimator=opts["estimator"],
-        k=opts["k"],
+        data=opts.get("data"),
+        samples=opts.get("samples", 256),
+        batch_size=opts.get("batch_size", 32),
+        estimator=opts.get("estimator", "gaussian"),
+        k=opts.get("k", 3),
         progress=sys.stderr.isatty(),
     )
 
@@ -265,9 +292,11 @@ def write_json_option(data: dict[str, Any], json_path: str, *, announce: bool = 
     help="""Write a self-contained HTML entropy report of SOURCE.
 
     \b
-    One file with the model summary, per-layer ΔH plots over depth (paper and spectral), the
-    cumulative entropy curve, analytic vs empirical entropy (with --data), a sortable,
-    filterable layer table and the formulas used. Scripts, styles and plots are inline: it
+    One file with the model summary, the comparison with the well-trained family band
+    (agreement score, out-of-band layers, each layer's shape excess over depth against the
+    band; --reference none leaves it out), per-layer ΔH plots over depth (paper and
+    spectral), the cumulative entropy curve, analytic vs empirical entropy (with --data), a
+    sortable, filterable layer table and the formulas used. Scripts, styles and plots are inline: it
     opens offline and fetches nothing.
     """
     + _SOURCE_HELP
@@ -407,7 +436,7 @@ def _print_profile(result: Profile, *, all_layers: bool) -> None:
 
 @main.group(name="list")
 def list_group() -> None:
-    """List registered loaders, layer rules and built-in datasets."""
+    """List registered loaders and layer rules."""
 
 
 @list_group.command(name="loaders")

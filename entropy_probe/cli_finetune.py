@@ -69,9 +69,10 @@ def _every(value: str) -> int | str:
     seeded 20% is held out.
 
     \b
-    OUT gets model.safetensors, the model in its input format (config.json for timm/SMP so
-    OUT loads back as a source, model.onnx for ONNX), metrics.jsonl (one line per epoch:
-    held-out metric, losses, per-layer entropy), profile_before.json / profile_after.json,
+    --out gets model.safetensors, the model in its input format (config.json for timm/SMP so
+    the directory loads back as a source, model.onnx for ONNX, model.pt as a state dict for a
+    torch module), metrics.jsonl (one line per epoch: held-out metric, losses, per-layer
+    entropy), profile_before.json / profile_after.json,
     the last 2 checkpoints, run_config.json and finetune.json.
 
     \b
@@ -82,7 +83,13 @@ def _every(value: str) -> int | str:
 @click.argument("source", required=False, default="default")
 @click.option("--task", type=click.Choice(_TASKS), required=True, help="What to train for.")
 @click.option("--data", required=True, metavar="NAME|DIR", help="Training data (see above).")
-@click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Passes over the data.",
+)
 @click.option(
     "--lambda-dense",
     type=click.FloatRange(min=0),
@@ -104,7 +111,12 @@ def _every(value: str) -> int | str:
     show_default=True,
     help="Entropy loss: pull toward the reference pattern, or push along its sign.",
 )
-@click.option("--reference", help="Reference pattern (family name or checkpoint); default auto.")
+@click.option(
+    "--reference",
+    metavar="auto|FAMILY|NAME|SOURCE",
+    help="Target pattern of the entropy terms (used only when a λ > 0): a family, a "
+    "reference name or a well-trained checkpoint; default auto (family from the architecture).",
+)
 @click.option(
     "--entropy-every",
     default="auto",
@@ -122,19 +134,44 @@ def _every(value: str) -> int | str:
     help="Output directory (locked while a run writes it).",
 )
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
 @click.option(
-    "--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), default="adam", show_default=True
+    "--seed", type=int, default=0, show_default=True, help="Initialisation, data order, split."
 )
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Per process (under torchrun the global batch is this × the process count).",
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1e-3,
+    show_default=True,
+    help="Learning rate (the peak of onecycle).",
+)
+@click.option(
+    "--optimizer",
+    type=click.Choice(["adam", "adamw", "sgd"]),
+    default="adam",
+    show_default=True,
+    help="sgd uses momentum 0.9.",
+)
+@click.option(
+    "--weight-decay",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="L2 (adam, sgd) or decoupled (adamw) weight decay.",
+)
 @click.option(
     "--schedule",
     type=click.Choice(["constant", "cosine", "onecycle"]),
     default="constant",
     show_default=True,
+    help="Learning-rate schedule, stepped per batch.",
 )
 @click.option(
     "--amp",

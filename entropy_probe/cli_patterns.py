@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -10,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from entropy_probe.cli import (
-    _SOURCE_HELP,
+    _SOURCES,
     _friendly_errors,
     _model_options,
     _run_profile,
@@ -32,7 +33,8 @@ __all__ = ["compare", "reference"]
 
 _QUANTITY_HELP = (
     "Per-layer quantity compared: shape_excess (scale-free spectral shape minus its random-init "
-    "value; default), spectral_shape, or delta_h_per_dim (raw, tracks weight scale)."
+    "value; default), relative_excess (shape_excess over |random-init value|), spectral_shape, "
+    "or delta_h_per_dim (raw, tracks weight scale)."
 )
 
 
@@ -74,13 +76,16 @@ def print_comparison(result: Comparison) -> None:
     \b
     For every analysed dense/conv layer: its deviation from the family band at the same
     relative depth (in half band widths; |deviation| <= 1 is inside), the layers outside
-    the band, and one agreement score in [0, 1] (1 = every layer inside the band, a layer
-    counts 0 beyond twice the band's half width). --reference auto picks the family from
-    the architecture and says which; see `entropy-probe reference list`.
+    the band, and one agreement score in [0, 1]: the mean layer credit, 1 inside the band;
+    beyond it toward the random-init value the credit falls linearly to 0 one half band
+    width further; beyond it on the other side (more structure than the references) the
+    layer is flagged but keeps its credit (with delta_h_per_dim, which has no random-init
+    value, both sides lose credit). --reference auto picks the family from the
+    architecture and says which; see `entropy-probe reference list`.
     """
-    + _SOURCE_HELP
+    + _SOURCES
 )
-@_model_options("paper")
+@_model_options("paper", measure=False)
 @click.option(
     "--reference",
     "reference_name",
@@ -222,8 +227,8 @@ def _parse_metric(text: str | None) -> tuple[str, float | None]:
         raise click.BadParameter(f"{text!r}: the value after '=' must be a number") from None
 
 
-@reference.command(name="add")
-@_model_options("paper")
+@reference.command(name="add", epilog=_SOURCES)
+@_model_options("paper", measure=False, source_required=True)
 @click.option("--name", required=True, help="Name of the new reference (letters, digits, _-.).")
 @click.option(
     "--family",
@@ -240,14 +245,18 @@ def _parse_metric(text: str | None) -> tuple[str, float | None]:
 def reference_add(name: str, family: str, metric: str | None, trained_on: str, **opts: Any) -> None:
     """Add a well-trained checkpoint SOURCE of yours as a reference.
 
-    It is profiled now and stored as one JSON file in your reference directory (never inside
-    the installed package); `compare --reference FAMILY` then includes it in the band.
+    It is profiled now and stored as NAME.json in $ENTROPY_PROBE_REFERENCE_DIR (default
+    ~/.local/share/entropy_probe/references; never inside the installed package). A name
+    already used (shipped or yours) is refused. `compare` and `report` then include it in
+    the band of FAMILY (with --reference FAMILY, or with auto when auto picks that family).
+    A bare state dict is refused: it has no layer order; give the architecture.
     """
     label, value = _parse_metric(metric)
     load_library()  # a broken user directory fails before the model loads
     result = _run_profile(opts)
+    source = str(opts["source"])
     provenance = Provenance(
-        checkpoint=opts["source"] if "/" not in opts["source"] else opts["source"].split("/")[-1],
+        checkpoint=Path(source).name if Path(source).exists() else source,
         sha256=_sha_of(opts),
         data=trained_on,
         metric=label,
@@ -263,8 +272,6 @@ def reference_add(name: str, family: str, metric: str | None, trained_on: str, *
 
 
 def _sha_of(opts: dict[str, Any]) -> str:
-    from pathlib import Path
-
     from entropy_probe.patterns.reference import file_sha256
 
     for candidate in (opts.get("weights"), opts.get("source")):

@@ -38,6 +38,7 @@ __all__ = [
     "pattern_points",
     "profile_pattern",
     "random_baseline",
+    "require_layer_order",
 ]
 
 
@@ -159,11 +160,24 @@ def _single_singular_value(layer: LayerEntropy) -> bool:
     return layer.spectral_shape_random is not None and abs(layer.spectral_shape_random) < 1e-12
 
 
+def require_layer_order(profile: Profile) -> None:
+    """Refuse a profile whose relative depths are not an execution order: a bare state dict
+    (no traced shapes anywhere) lists its layers by key, which safetensors even sorts."""
+    layers = [x for x in profile.analysed if layer_group(x.kind) is not None]
+    if layers and all(x.in_shape is None and x.out_shape is None for x in layers):
+        raise EntropyProbeError(
+            f"{profile.source} is a bare state dict: its layers have no execution order, so "
+            "their relative depths mean nothing; give the architecture (timm:NAME, smp:ARCH/"
+            "ENCODER or zoo:NAME with --weights FILE, a save_pretrained directory, or ONNX)"
+        )
+
+
 def pattern_points(
     profile: Profile, quantity: Quantity | str = DEFAULT_QUANTITY
 ) -> list[tuple[LayerEntropy, LayerGroup, float]]:
     """(layer, group, value) for every analysed dense/conv layer with a finite value and a
     depth, in depth order. Singular layers (value −inf) are left out: they have no shape."""
+    require_layer_order(profile)
     out = []
     for layer in profile.layers:
         group = layer_group(layer.kind)

@@ -301,11 +301,15 @@ def save_user_reference(reference: Reference, directory: Path | None = None) -> 
     """Write one user reference atomically as ``<name>.json``; refuses to overwrite."""
     directory = directory or user_reference_dir()
     library = load_library(directory)
-    if any(r.name == reference.name for r in library.references):
-        raise EntropyProbeError(
-            f"a reference named {reference.name!r} exists already: choose another --name "
-            "(or delete the user file first)"
+    clash = next((r for r in library.references if r.name == reference.name), None)
+    if clash is not None:
+        where = (
+            f"your reference file {directory / (reference.name + '.json')} holds it: delete "
+            "that file first, or choose another --name"
+            if clash.user
+            else "it is a shipped reference: choose another --name"
         )
+        raise EntropyProbeError(f"a reference named {reference.name!r} exists already; {where}")
     path = directory / f"{reference.name}.json"
     text = json.dumps(library_document([reference]), indent=1, allow_nan=False)
     return atomic_write_text(path, text + "\n")

@@ -100,6 +100,7 @@ def test_reference_add_then_use_it(user_dir: Path) -> None:
     result = invoke(
         "reference",
         "add",
+        "default",
         "--name",
         "my_cnn",
         "--family",
@@ -119,7 +120,7 @@ def test_reference_add_then_use_it(user_dir: Path) -> None:
     # its own pattern agrees fully with itself
     compared = invoke("compare", "--reference", "my_family", "--json", "-")
     assert json.loads(compared.stdout)["score"] == pytest.approx(1.0)
-    again = invoke("reference", "add", "--name", "my_cnn", "--family", "my_family")
+    again = invoke("reference", "add", "default", "--name", "my_cnn", "--family", "my_family")
     assert_clean_error(again, "exists already")
 
 
@@ -131,12 +132,14 @@ def test_reference_add_then_use_it(user_dir: Path) -> None:
     ],
 )
 def test_reference_add_refuses_bad_names(args: list[str], pattern: str, user_dir: Path) -> None:
-    assert_clean_error(invoke("reference", "add", *args), pattern)
+    assert_clean_error(invoke("reference", "add", "default", *args), pattern)
     assert not user_dir.exists() or not list(user_dir.iterdir())
 
 
 def test_reference_add_bad_metric_is_a_usage_error() -> None:
-    result = invoke("reference", "add", "--name", "x", "--family", "f", "--metric", "0.9")
+    result = invoke(
+        "reference", "add", "default", "--name", "x", "--family", "f", "--metric", "0.9"
+    )
     assert result.exit_code == 2 and "LABEL=VALUE" in result.output
 
 
@@ -158,3 +161,22 @@ def test_report_carries_the_comparison(tmp_path: Path) -> None:
     result = invoke("report", "-o", str(without), "--method", "paper", "--reference", "none")
     assert result.exit_code == 0, result.output
     assert 'id="comparison"' not in without.read_text()
+
+
+def test_a_bare_state_dict_is_refused(tmp_path: Path) -> None:
+    """safetensors sorts its keys: a state dict's layer order is not the execution order."""
+    from entropy_probe.default_model import WEIGHTS_FILE
+
+    weights = Path(__file__).parents[2] / "entropy_probe" / "assets" / WEIGHTS_FILE
+    for args in (
+        ["compare", str(weights)],
+        ["reference", "add", str(weights), "--name", "x", "--family", "f"],
+    ):
+        assert_clean_error(invoke(*args), "bare state dict: its layers have no execution order")
+    ok = invoke("compare", "zoo:mnist_cnn", "--weights", str(weights), "--json", "-")
+    assert ok.exit_code == 0, ok.output
+
+
+def test_reference_add_needs_a_source() -> None:
+    result = invoke("reference", "add", "--name", "x", "--family", "f")
+    assert result.exit_code == 2 and "SOURCE" in result.output

@@ -46,6 +46,8 @@ def layer(name: str, kind: str, depth: float, s: float, base: float = -0.5) -> L
         spectral_shape=s,
         spectral_shape_random=base,
         delta_h_per_dim=s,
+        in_shape=(4,),  # traced shapes: the layer order is an execution order
+        out_shape=(4,),
     )
 
 
