@@ -20,7 +20,7 @@ from entropy_probe import __version__
 from entropy_probe._io import atomic_write_text
 from entropy_probe.entropy.profile import LayerEntropy, Profile
 from entropy_probe.enums import ConvMethod, Status
-from entropy_probe.errors import EntropyProbeError, PluginError
+from entropy_probe.errors import EntropyProbeError, PluginError, one_line
 from entropy_probe.plugins import DISABLE_ENV
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -49,11 +49,13 @@ def _friendly_errors(func: F) -> F:
                 return func(*args, **kwargs)
         except PluginError as exc:
             raise click.ClickException(
-                f"{exc}. Fix or uninstall that plugin's distribution, or set "
-                f"{DISABLE_ENV}=1 to run without third-party plugins"
+                one_line(
+                    f"{exc}. Fix or uninstall that plugin's distribution, or set "
+                    f"{DISABLE_ENV}=1 to run without third-party plugins"
+                )
             ) from None
         except EntropyProbeError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(one_line(str(exc))) from None
         except KeyboardInterrupt:
             click.echo("interrupted: nothing was written", err=True)
             sys.exit(130)

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
-from entropy_probe.errors import EntropyProbeError
+from entropy_probe.errors import EntropyProbeError, one_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -25,7 +25,7 @@ def _errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except EntropyProbeError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(one_line(str(exc))) from None
         except KeyboardInterrupt:
             out = kwargs.get("out", "")
             click.echo(

@@ -5,6 +5,16 @@ The CLI turns these into a one-line message and a non-zero exit code; anything e
 
 from __future__ import annotations
 
+import re
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def one_line(message: str) -> str:
+    """A message as one line: control characters (from names inside a damaged or hostile
+    file, say) are shown escaped, as ``\\n`` or ``\\x07``."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], message)
+
 
 class EntropyProbeError(Exception):
     """Base class for every error entropy_probe raises on purpose."""

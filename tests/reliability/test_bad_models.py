@@ -462,3 +462,26 @@ def test_errors_are_entropy_probe_errors(tmp_path: Path, model_dir: Path) -> Non
     for source in (str(path), "relu-missing.onnx", "timm:resnet_nope"):
         with pytest.raises(EntropyProbeError):
             profile(source)
+
+
+def test_a_control_character_in_a_name_keeps_the_error_on_one_line(tmp_path: Path) -> None:
+    """Found by the slow bit-flip run: a flipped byte turned a tensor name into 'x\\n0.weig';
+    the refusal quoted it and spanned two lines."""
+    from click.testing import CliRunner
+    from onnx import TensorProto, helper
+
+    from entropy_probe.cli import main
+
+    node = helper.make_node("Conv", ["x", "x\n0.weig"], ["y"], name="/0/Conv")
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    path = tmp_path / "newline.onnx"
+    path.write_bytes(helper.make_model(graph).SerializeToString())
+    result = CliRunner().invoke(main, ["profile", str(path)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "x\\n0.weig" in lines[0], result.stderr
