@@ -38,6 +38,15 @@ _QUANTITY_HELP = (
 )
 
 
+_quantity_option = click.option(
+    "--quantity",
+    type=click.Choice([q.value for q in Quantity]),
+    default=DEFAULT_QUANTITY.value,
+    show_default=True,
+    help=_QUANTITY_HELP,
+)
+
+
 def _console() -> Console:
     return Console(highlight=False, width=None if sys.stdout.isatty() else 140)
 
@@ -94,13 +103,7 @@ def print_comparison(result: Comparison) -> None:
     metavar="auto|FAMILY|NAME",
     help="Family to compare with (auto: chosen from the architecture), or one reference.",
 )
-@click.option(
-    "--quantity",
-    type=click.Choice([q.value for q in Quantity]),
-    default=DEFAULT_QUANTITY.value,
-    show_default=True,
-    help=_QUANTITY_HELP,
-)
+@_quantity_option
 @click.option(
     "--json",
     "json_path",
@@ -159,13 +162,7 @@ def _show_reference(ref: Reference, quantity: Quantity) -> dict[str, Any]:
 
 @reference.command(name="show")
 @click.argument("name")
-@click.option(
-    "--quantity",
-    type=click.Choice([q.value for q in Quantity]),
-    default=DEFAULT_QUANTITY.value,
-    show_default=True,
-    help=_QUANTITY_HELP,
-)
+@_quantity_option
 @click.option("--json", "json_path", metavar="PATH|-", help="Write it as JSON; - for stdout.")
 @_friendly_errors
 def reference_show(name: str, quantity: str, json_path: str | None) -> None:
