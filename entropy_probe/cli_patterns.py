@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
@@ -31,6 +32,8 @@ from entropy_probe.patterns.reference import (
 
 __all__ = ["compare", "reference"]
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 _QUANTITY_HELP = (
     "Per-layer quantity compared: shape_excess (scale-free spectral shape minus its random-init "
     "value; default), relative_excess (shape_excess over |random-init value|), spectral_shape, "
@@ -38,13 +41,14 @@ _QUANTITY_HELP = (
 )
 
 
-_quantity_option = click.option(
-    "--quantity",
-    type=click.Choice([q.value for q in Quantity]),
-    default=DEFAULT_QUANTITY.value,
-    show_default=True,
-    help=_QUANTITY_HELP,
-)
+def _quantity_option(func: F) -> F:
+    return click.option(
+        "--quantity",
+        type=click.Choice([q.value for q in Quantity]),
+        default=DEFAULT_QUANTITY.value,
+        show_default=True,
+        help=_QUANTITY_HELP,
+    )(func)
 
 
 def _console() -> Console:
