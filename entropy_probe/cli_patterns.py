@@ -78,7 +78,8 @@ def print_comparison(result: Comparison) -> None:
     console.print(table)
     if result.not_compared:
         console.print(
-            f"not compared (no band for their layer group): {', '.join(result.not_compared)}"
+            "not compared (singular, a single singular value, or no band for their layer "
+            f"group): {', '.join(result.not_compared)}"
         )
     console.print(f"[bold]{result.verdict()}[/bold]")
 

@@ -26,6 +26,7 @@ from entropy_probe.patterns.pattern import (
     LayerGroup,
     Quantity,
     ReferencePattern,
+    layer_group,
     pattern_points,
     random_baseline,
 )
@@ -216,7 +217,8 @@ class Comparison:
     layers: tuple[LayerDeviation, ...]
     band: FamilyBand
     picked: str = ""  # how the family was chosen (for --reference auto)
-    not_compared: tuple[str, ...] = ()  # analysed layers the family has no band for
+    # analysed dense/conv layers not scored: no band for their group, or no finite value
+    not_compared: tuple[str, ...] = ()
 
     @property
     def out_of_band(self) -> tuple[LayerDeviation, ...]:
@@ -281,6 +283,14 @@ def compare_profile(profile: Profile, band: FamilyBand, *, picked: str = "") -> 
                 toward_random=toward_random,
             )
         )
+    # analysed dense/conv layers without a finite value (singular, e.g. a BatchNorm with γ = 0
+    # folded in; or a single singular value, which has no shape) are listed, not scored
+    compared = {x.name for x in layers} | set(missing)
+    missing += [
+        x.name
+        for x in profile.analysed
+        if layer_group(x.kind) is not None and x.depth is not None and x.name not in compared
+    ]
     score = math.fsum(x.credit for x in layers) / len(layers) if layers else None
     return Comparison(
         source=profile.source,

@@ -44,7 +44,8 @@ def test_compare_default_json_schema() -> None:
     assert data["picked"].startswith("picked automatically")
     assert 0.0 <= data["score"] <= 1.0
     names = [layer["name"] for layer in data["layers"]]
-    assert names == ["features.4", "classifier.1", "classifier.3"]  # features.0: 1 input channel
+    assert names == ["features.4", "classifier.1", "classifier.3"]
+    assert data["not_compared"] == ["features.0"]  # 1 input channel: one singular value
     for layer in data["layers"]:
         assert layer["in_band"] == (abs(layer["deviation"]) <= 1.0 + 1e-12)
     credits = [max(0.0, min(1.0, 2.0 - abs(x["deviation"]))) for x in data["layers"]]
