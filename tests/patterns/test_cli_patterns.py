@@ -181,3 +181,20 @@ def test_a_bare_state_dict_is_refused(tmp_path: Path) -> None:
 def test_reference_add_needs_a_source() -> None:
     result = invoke("reference", "add", "--name", "x", "--family", "f")
     assert result.exit_code == 2 and "SOURCE" in result.output
+
+
+def test_report_auto_without_a_fitting_family_still_writes_the_report(tmp_path: Path) -> None:
+    """--reference auto never breaks a report: a bare state dict has no layer order, so the
+    report is written without a comparison and a note says why; an explicit family fails."""
+    from entropy_probe.default_model import WEIGHTS_FILE
+
+    weights = Path(__file__).parents[2] / "entropy_probe" / "assets" / WEIGHTS_FILE
+    target = tmp_path / "r.html"
+    result = invoke("report", str(weights), "-o", str(target))
+    assert result.exit_code == 0, result.output
+    assert "note: no comparison in the report" in result.stderr
+    assert target.is_file() and 'id="comparison"' not in target.read_text()
+    explicit = invoke("report", str(weights), "-o", str(tmp_path / "x.html"), "--reference",
+                      "classifier_cnn")  # fmt: skip
+    assert_clean_error(explicit, "bare state dict")
+    assert not (tmp_path / "x.html").exists()
