@@ -18,7 +18,6 @@ importing this module costs nothing.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import importlib.util
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from entropy_probe.errors import ShapeError, SourceError, UnknownNameError
+from entropy_probe.errors import ShapeError, SourceError, unknown_name
 
 __all__ = [
     "Dataset",
@@ -271,12 +270,7 @@ def load_dataset(name: str, **kwargs: Any) -> Dataset:
     try:
         loader = _REGISTRY[name]
     except (KeyError, TypeError):
-        valid = list_datasets()
-        close = difflib.get_close_matches(str(name), valid, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UnknownNameError(
-            f"unknown dataset {name!r}{hint} (valid names: {', '.join(valid)})"
-        ) from None
+        raise unknown_name("dataset", name, list_datasets(), listing="valid names") from None
     return loader(**kwargs)
 
 

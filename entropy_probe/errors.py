@@ -5,7 +5,9 @@ The CLI turns these into a one-line message and a non-zero exit code; anything e
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Sequence
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -51,3 +53,14 @@ class PluginError(EntropyProbeError, RuntimeError):
         super().__init__(f"{message} ({where})" if where else message)
         self.plugin = plugin
         self.distribution = distribution
+
+
+def unknown_name(
+    what: str, name: object, valid: Sequence[str], *, listing: str = "valid"
+) -> UnknownNameError:
+    """The error for a name that is not one of ``valid``: the closest valid name as a
+    suggestion, then the whole list (``(listing: a, b)``)."""
+    close = difflib.get_close_matches(str(name), list(valid), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    names = ", ".join(valid) or "none"
+    return UnknownNameError(f"unknown {what} {name!r}{hint} ({listing}: {names})")

@@ -69,7 +69,6 @@ duplicate samples give ε = 0, an atom: the estimate is −inf.
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -77,7 +76,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from entropy_probe.errors import DuplicateNameError, EntropyProbeError, UnknownNameError
+from entropy_probe.errors import DuplicateNameError, EntropyProbeError, unknown_name
 
 __all__ = [
     "DEFAULT_MAX_DIMS",
@@ -329,11 +328,7 @@ def get_estimator(name: str) -> EstimatorSpec:
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
-        close = difflib.get_close_matches(str(name), estimator_names(), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UnknownNameError(
-            f"unknown estimator {name!r}{hint} (valid: {', '.join(estimator_names())})"
-        ) from None
+        raise unknown_name("estimator", name, estimator_names()) from None
 
 
 def register_estimator(spec: EstimatorSpec) -> None:

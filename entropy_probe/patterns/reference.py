@@ -23,7 +23,7 @@ from typing import Any
 
 from entropy_probe._io import atomic_write_text
 from entropy_probe.entropy.profile import Profile
-from entropy_probe.errors import EntropyProbeError, SourceError, UnknownNameError
+from entropy_probe.errors import EntropyProbeError, SourceError, unknown_name
 from entropy_probe.patterns.pattern import (
     DepthCurve,
     LayerGroup,
@@ -41,7 +41,6 @@ __all__ = [
     "file_sha256",
     "load_library",
     "reference_from_profile",
-    "unknown_name",
     "user_reference_dir",
 ]
 
@@ -265,22 +264,15 @@ class ReferenceLibrary:
         for ref in self.references:
             if ref.name == name:
                 return ref
-        raise unknown_name("reference", name, [r.name for r in self.references])
+        raise unknown_name(
+            "reference", name, sorted(r.name for r in self.references), listing="known"
+        )
 
     def family(self, family: str, *, exclude: Iterable[str] = ()) -> list[Reference]:
         members = [r for r in self.families.get(family, []) if r.name not in set(exclude)]
         if family not in self.families:
-            raise unknown_name("reference family", family, list(self.families))
+            raise unknown_name("reference family", family, list(self.families), listing="known")
         return members
-
-
-def unknown_name(what: str, name: str, valid: list[str]) -> UnknownNameError:
-    import difflib
-
-    close = difflib.get_close_matches(name, valid, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    listing = ", ".join(sorted(valid)) or "none"
-    return UnknownNameError(f"unknown {what} {name!r}{hint} (known: {listing})")
 
 
 def load_library(user_dir: Path | None = None) -> ReferenceLibrary:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from entropy_probe.entropy.profile import Profile
-from entropy_probe.errors import UnknownNameError
+from entropy_probe.errors import UnknownNameError, unknown_name
 from entropy_probe.patterns.compare import Comparison, FamilyBand, compare_profile, family_band
 from entropy_probe.patterns.pattern import (
     DEFAULT_QUANTITY,
@@ -23,7 +23,7 @@ from entropy_probe.patterns.pattern import (
     layer_group,
     profile_pattern,
 )
-from entropy_probe.patterns.reference import ReferenceLibrary, load_library, unknown_name
+from entropy_probe.patterns.reference import ReferenceLibrary, load_library
 
 __all__ = ["AUTO", "Traits", "compare_with", "guess_family", "resolve_band", "resolve_pattern"]
 
@@ -114,9 +114,8 @@ def resolve_band(
         single = library.get(reference)
         return family_band(single.name, [single], quantity), f"reference {single.name}"
     else:
-        raise unknown_name(
-            "reference", reference, [AUTO, *families, *(r.name for r in library.references)]
-        )
+        valid = sorted([AUTO, *families, *(r.name for r in library.references)])
+        raise unknown_name("reference", reference, valid, listing="known")
     members = library.family(family, exclude=exclude)
     return family_band(family, members, quantity), picked
 
@@ -161,10 +160,9 @@ def resolve_pattern(
     if any(r.name == reference for r in library.references):
         return library.get(reference).pattern(quantity)
     if ":" not in reference and reference != "default" and not Path(reference).exists():
+        valid = sorted([AUTO, *library.families, *(r.name for r in library.references)])
         raise unknown_name(
-            "reference (family, reference name or checkpoint)",
-            reference,
-            [AUTO, *library.families, *(r.name for r in library.references)],
+            "reference (family, reference name or checkpoint)", reference, valid, listing="known"
         )
     if profile_source is None:
         from entropy_probe.api import profile as profile_source_default

@@ -18,7 +18,6 @@ counts as 1.
 
 from __future__ import annotations
 
-import difflib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -26,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from entropy_probe.errors import EntropyProbeError, UnknownNameError
+from entropy_probe.errors import EntropyProbeError, unknown_name
 
 __all__ = [
     "Autoencode",
@@ -245,11 +244,7 @@ def get_task(task: str | Task) -> Task:
     try:
         return _TASKS[task]()
     except (KeyError, TypeError):
-        close = difflib.get_close_matches(str(task), task_names(), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UnknownNameError(
-            f"unknown task {task!r}{hint} (valid: {', '.join(task_names())})"
-        ) from None
+        raise unknown_name("task", task, task_names()) from None
 
 
 def _sums_to_one(output: Tensor, dim: int) -> bool:
