@@ -135,8 +135,7 @@ def _model_options(
         if source_required
         else click.argument("source", required=False, default="default")
     )
-    options = [
-        source,
+    loading = [
         click.option(
             "--weights",
             type=click.Path(dir_okay=False),
@@ -148,14 +147,16 @@ def _model_options(
             metavar="C,H,W",
             help="Per-sample input shape (default: the model's own).",
         ),
-        click.option(
-            "--method",
-            type=click.Choice([m.value for m in ConvMethod]),
-            default=method_default,
-            show_default=True,
-            help="Conv formula: paper (first tap, fast), spectral (exact with circular "
-            "boundary; slower: one SVD per frequency), or both.",
-        ),
+    ]
+    method = click.option(
+        "--method",
+        type=click.Choice([m.value for m in ConvMethod]),
+        default=method_default,
+        show_default=True,
+        help="Conv formula: paper (first tap, fast), spectral (exact with circular "
+        "boundary; slower: one SVD per frequency), or both.",
+    )
+    running = [
         click.option(
             "--device",
             default="auto",
@@ -167,6 +168,8 @@ def _model_options(
             is_flag=True,
             help="Allow unpickling a full-model .pt file. Runs its code: only for files you trust.",
         ),
+    ]
+    measuring = [
         click.option(
             "--data",
             metavar="NAME|DIR|FILE.npy",
@@ -199,10 +202,10 @@ def _model_options(
             "--k", type=click.IntRange(min=1), default=3, show_default=True, help="k of knn."
         ),
     ]
-
-    if not measure:
-        unused = {"method", "data", "samples", "batch_size", "estimator", "k"}
-        options = [o for o in options if _option_name(o) not in unused]
+    if measure:
+        options = [source, *loading, method, *running, *measuring]
+    else:
+        options = [source, *loading, *running]
 
     def apply(func: F) -> F:
         for option in reversed(options):
@@ -210,16 +213,6 @@ def _model_options(
         return func
 
     return apply
-
-
-def _option_name(decorator: Callable[[F], F]) -> str:
-    """The parameter name a click decorator declares (applied to a throw-away function)."""
-
-    def probe() -> None:  # pragma: no cover - never called
-        return None
-
-    params = getattr(decorator(probe), "__click_params__", [])  # type: ignore[arg-type]
-    return str(params[-1].name) if params else ""
 
 
 def _run_profile(opts: dict[str, Any]) -> Profile:
