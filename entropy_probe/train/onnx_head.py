@@ -55,25 +55,31 @@ def _to_parameter(graph_module: fx.GraphModule, qualified: str) -> nn.Parameter:
     return param
 
 
-def matmul_head(graph_module: fx.GraphModule) -> tuple[str, str | None] | None:
-    """(weight, bias) names of the last MatMul on an initializer (bias: an initializer added to
-    its output right after), or None when the graph has no such MatMul."""
-    found = None
+def _matmuls(graph_module: fx.GraphModule) -> list[tuple[list[str], list[list[str]]]]:
+    """For every MatMul, in graph order: the float initializers it reads, and those read by
+    each ``Add`` that consumes its output (its bias)."""
+    out = []
     for node in graph_module.graph.nodes:
         if not _is_matmul(graph_module, node):
             continue
         weights = [w for w in (_float_attr(graph_module, a) for a in node.args) if w]
-        weight = weights[0] if weights else None
-        if weight is None:
-            continue
-        bias = None
-        for user in node.users:
-            if _is_add(graph_module, user):
-                bias = next(
-                    (b for b in (_float_attr(graph_module, a) for a in user.args) if b), None
-                )
-        found = (weight, bias)
-    return found
+        adds = [
+            [b for b in (_float_attr(graph_module, a) for a in user.args) if b]
+            for user in node.users
+            if _is_add(graph_module, user)
+        ]
+        out.append((weights, adds))
+    return out
+
+
+def matmul_head(graph_module: fx.GraphModule) -> tuple[str, str | None] | None:
+    """(weight, bias) names of the last MatMul on an initializer (bias: an initializer added to
+    its output right after), or None when the graph has no such MatMul."""
+    heads = [(weights, adds) for weights, adds in _matmuls(graph_module) if weights]
+    if not heads:
+        return None
+    weights, adds = heads[-1]
+    return weights[0], (adds[-1][0] if adds and adds[-1] else None)
 
 
 def make_matmul_weights_trainable(module: nn.Module) -> int:
@@ -81,17 +87,10 @@ def make_matmul_weights_trainable(module: nn.Module) -> int:
     if not isinstance(module, fx.GraphModule):
         return 0
     count = 0
-    for node in module.graph.nodes:
-        if not _is_matmul(module, node):
-            continue
-        names = [_float_attr(module, a) for a in node.args]
-        for user in node.users:
-            if _is_add(module, user):
-                names += [_float_attr(module, a) for a in user.args]
-        for name in names:
-            if name is not None:
-                _to_parameter(module, name)
-                count += 1
+    for weights, adds in _matmuls(module):
+        for name in [*weights, *(b for bias in adds for b in bias)]:
+            _to_parameter(module, name)
+            count += 1
     return count
 
 
