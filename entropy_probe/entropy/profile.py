@@ -191,10 +191,13 @@ def _evaluate_terms(
         per_batch = max(1, _BATCH_BYTES // (8 * m * n))
         pieces = [(key, piece) for key, mats in group for piece in torch.split(mats, per_batch)]
         batches: list[list[tuple[int, Tensor]]] = [[]]
+        filled = 0  # matrices in the last batch
         for key, piece in pieces:
-            if sum(p.shape[0] for _, p in batches[-1]) + piece.shape[0] > per_batch:
+            if filled + piece.shape[0] > per_batch:
                 batches.append([])
+                filled = 0
             batches[-1].append((key, piece))
+            filled += piece.shape[0]
         for chunk in batches:
             keys = [key for key, piece in chunk for _ in range(piece.shape[0])]
             batch = torch.cat([F.precise(piece.detach()).to(device) for _, piece in chunk])
