@@ -6,9 +6,7 @@ import json
 import math
 import re
 import sys
-import warnings
 from collections.abc import Callable, Sequence
-from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,49 +16,12 @@ from rich.table import Table
 
 from entropy_probe import __version__
 from entropy_probe._io import atomic_write_text
+from entropy_probe.cli_errors import friendly_errors as _friendly_errors
 from entropy_probe.entropy.profile import LayerEntropy, Profile
 from entropy_probe.enums import ConvMethod, Status
-from entropy_probe.errors import EntropyProbeError, PluginError, one_line
-from entropy_probe.plugins import DISABLE_ENV
+from entropy_probe.errors import EntropyProbeError
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _one_line_warning(
-    message: Warning | str,
-    category: type[Warning],
-    filename: str,
-    lineno: int,
-    file: Any = None,
-    line: str | None = None,
-) -> None:
-    """A warning (e.g. --trust-pickle's) as one ``warning: ...`` line, without source lines."""
-    click.echo(f"warning: {message}", err=True)
-
-
-def _friendly_errors(func: F) -> F:
-    """User mistakes become one line on stderr and exit code 1, never a traceback."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            with warnings.catch_warnings():
-                warnings.showwarning = _one_line_warning
-                return func(*args, **kwargs)
-        except PluginError as exc:
-            raise click.ClickException(
-                one_line(
-                    f"{exc}. Fix or uninstall that plugin's distribution, or set "
-                    f"{DISABLE_ENV}=1 to run without third-party plugins"
-                )
-            ) from None
-        except EntropyProbeError as exc:
-            raise click.ClickException(one_line(str(exc))) from None
-        except KeyboardInterrupt:
-            click.echo("interrupted: nothing was written", err=True)
-            sys.exit(130)
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _parse_shape(

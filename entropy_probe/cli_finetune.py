@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
-from entropy_probe.errors import EntropyProbeError, one_line
+from entropy_probe.cli_errors import friendly_errors
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -18,14 +18,12 @@ _TASKS = ("classify", "segment", "autoencode")
 
 
 def _errors(func: F) -> F:
-    """User mistakes: one line on stderr, exit 1. Ctrl-C: exit 130 with how to resume."""
+    """The commands' error handling (cli_errors.friendly_errors); Ctrl-C says how to resume."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except EntropyProbeError as exc:
-            raise click.ClickException(one_line(str(exc))) from None
         except KeyboardInterrupt:
             out = kwargs.get("out", "")
             click.echo(
@@ -35,7 +33,7 @@ def _errors(func: F) -> F:
             )
             sys.exit(130)
 
-    return wrapper  # type: ignore[return-value]
+    return friendly_errors(wrapper)  # type: ignore[return-value]
 
 
 def _main_rank() -> bool:

@@ -13,11 +13,11 @@ from rich.table import Table
 
 from entropy_probe.cli import (
     _SOURCES,
-    _friendly_errors,
     _model_options,
     _run_profile,
     write_json_option,
 )
+from entropy_probe.cli_errors import friendly_errors as _friendly_errors
 from entropy_probe.patterns.compare import Comparison, family_band
 from entropy_probe.patterns.pattern import DEFAULT_QUANTITY, Quantity
 from entropy_probe.patterns.reference import (
