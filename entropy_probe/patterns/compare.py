@@ -13,6 +13,7 @@ credit: that is not what an untrained layer looks like.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,22 +67,30 @@ class FamilyBand:
     members: tuple[str, ...]
     points: dict[LayerGroup, tuple[BandPoint, ...]]
 
+    @functools.cached_property
+    def _curves(self) -> dict[LayerGroup, tuple[DepthCurve, DepthCurve, DepthCurve]]:
+        """(lower, centre, upper) curves per group, built once."""
+        out = {}
+        for group, band in self.points.items():
+            if band:
+                depths = tuple(p.depth for p in band)
+                out[group] = (
+                    DepthCurve(depths, tuple(p.lower for p in band)),
+                    DepthCurve(depths, tuple(p.center for p in band)),
+                    DepthCurve(depths, tuple(p.upper for p in band)),
+                )
+        return out
+
     def at(self, group: LayerGroup, depth: float) -> BandPoint | None:
-        band = self.points.get(group)
-        if not band:
+        curves = self._curves.get(group)
+        if curves is None:
             return None
-        lower = DepthCurve(tuple(p.depth for p in band), tuple(p.lower for p in band))
-        center = DepthCurve(tuple(p.depth for p in band), tuple(p.center for p in band))
-        upper = DepthCurve(tuple(p.depth for p in band), tuple(p.upper for p in band))
+        lower, center, upper = curves
         return BandPoint(depth, lower.at(depth), center.at(depth), upper.at(depth))
 
     def pattern(self) -> ReferencePattern:
         """The band's centre line: what the fine-tuning losses pull toward."""
-        curves = {
-            g: DepthCurve(tuple(p.depth for p in pts), tuple(p.center for p in pts))
-            for g, pts in self.points.items()
-            if pts
-        }
+        curves = {g: center for g, (_, center, _) in self._curves.items()}
         return ReferencePattern(self.quantity, curves, f"family {self.family}")
 
     def to_dict(self) -> dict[str, Any]:
