@@ -51,6 +51,6 @@ class ConvMethod(StrEnum):
 class LogDetMethod(StrEnum):
     """How Σ log σ_i is evaluated for a batch of matrices."""
 
-    AUTO = "auto"  # LU for square, Cholesky of the smaller Gram otherwise, SVD fallback
+    AUTO = "auto"  # Cholesky of the smaller Gram; QR, then SVD, where it is not trusted
     CHOLESKY = "cholesky"
     SVD = "svd"

@@ -67,13 +67,20 @@ def sum_log_singular_values(
     """Σ_i log σ_i over the last two dimensions of a batch of matrices.
 
     ``mats`` has shape ``(..., m, n)``; the result has shape ``(...)`` in float64. The sum runs
-    over the min(m, n) singular values. ``auto`` takes ½·log det of the smaller Gram matrix via a
-    batched Cholesky (about 4× cheaper than an SVD on CPU) and falls back to an SVD for the
-    matrices whose Gram matrix is not numerically positive definite (a failed Cholesky, or a
-    pivot at rounding level relative to ‖A‖_F). A matrix that is
-    numerically rank deficient (σ_min ≤ σ_max·max(m, n)·eps of the input dtype, numpy's
-    ``matrix_rank`` rule) gives ``-inf``. ``tolerance_dtype`` overrides the dtype whose eps is
-    used, for matrices derived in float64 from lower-precision weights (BatchNorm folding).
+    over the min(m, n) singular values. ``auto`` works in three tiers:
+
+    1. ½·log det of the smaller Gram matrix via a batched Cholesky (about 4× cheaper than an
+       SVD on CPU), trusted where every pivot is far above the rounding the Gram product
+       leaves (it squares the condition number);
+    2. for the rest, a Householder QR of the matrix itself (no squaring: Σ log |r_ii| is
+       accurate however ill-conditioned the matrix), trusted where R proves the matrix is
+       full rank by the rule below;
+    3. an SVD for what is left, which decides rank deficiency exactly.
+
+    A matrix that is numerically rank deficient (σ_min ≤ σ_max·max(m, n)·eps of the input
+    dtype, numpy's ``matrix_rank`` rule) gives ``-inf``. ``tolerance_dtype`` overrides the dtype
+    whose eps is used, for matrices derived in float64 from lower-precision weights
+    (BatchNorm folding).
     """
     method = LogDetMethod(method)
     if mats.dim() < 2:
@@ -82,42 +89,93 @@ def sum_log_singular_values(
     if m == 0 or n == 0:
         raise ShapeError(f"cannot take singular values of an empty {m}×{n} matrix")
     tol = _rank_tolerance(tolerance_dtype or mats.dtype, m, n)
-    A = precise(mats).contiguous()  # batched matmul on a strided view is ~8× slower
+    # ``wide``: the k×l orientation with k ≤ l, stored contiguously (batched matmul on a
+    # strided view is ~8× slower); its singular values are A's.
+    wide = mats if m <= n else mats.mH
+    wide = wide.to(
+        torch.complex128 if wide.is_complex() else torch.float64,
+        memory_format=torch.contiguous_format,
+    )
     if method is LogDetMethod.SVD:
-        return _svd_sum_log(A, tol)
+        return _svd_sum_log(wide, tol)
 
-    gram = A @ A.mH if m <= n else A.mH @ A
+    gram = _row_gram(wide)
     chol, info = torch.linalg.cholesky_ex(gram)
     diag = torch.diagonal(chol, dim1=-2, dim2=-1).real
     k = gram.shape[-1]
-    # A rank-deficient A often does not make the Cholesky fail: rounding leaves a pivot of
-    # about sqrt(k·eps64)·‖A‖_F where an exact zero belongs, and a finite value came out.
-    # Pivots below 1e3 times that count as failures (there the Gram route, which squares the
-    # condition number, has lost most of its digits): the SVD and its rank tolerance decide.
     line_sq = torch.diagonal(gram, dim1=-2, dim2=-1).real  # squared row (column) norms
     frob = line_sq.sum(-1).sqrt()
+    # A rank-deficient A often does not make the Cholesky fail: rounding leaves a pivot of
+    # about sqrt(k·eps64)·‖A‖_F where an exact zero belongs, and a finite value came out.
+    # Pivots below 1e3 times that (or at the rank tolerance) go to the next tier.
     floor = max(tol, 1e3 * math.sqrt(k * torch.finfo(torch.float64).eps))
-    bad = (info != 0) | (diag.amin(-1) <= floor * frob)
+    rejected = (info != 0) | (diag.amin(-1) <= floor * frob)
     # σ_min ≤ the smallest row (column) norm and σ_max ≥ the largest: a line that small is
-    # rank deficiency by the tolerance rule without an SVD (e.g. a BatchNorm with γ = 0 folded in).
+    # rank deficiency by the tolerance rule without any decomposition (e.g. a BatchNorm with
+    # γ = 0 folded in).
     deficient = line_sq.amin(-1) <= tol**2 * line_sq.amax(-1)
-    bad = bad & ~deficient
-    if not bool(bad.any()) and not bool(deficient.any()):
+    rejected = rejected & ~deficient
+    if not bool(rejected.any()) and not bool(deficient.any()):
         return torch.log(diag).sum(-1)
-    if method is LogDetMethod.CHOLESKY and bool((bad | deficient).any()):
+    if method is LogDetMethod.CHOLESKY:
         raise ShapeError(
-            f"{int((bad | deficient).sum())} matrix(es) are not numerically full rank; "
+            f"{int((rejected | deficient).sum())} matrix(es) are not numerically full rank; "
             "use method='auto' or 'svd'"
         )
-    # Redo the Cholesky on a safe input so no NaN can leak into gradients, then overwrite the
-    # failed entries with the SVD value.
-    eye = torch.eye(k, dtype=gram.dtype, device=gram.device).expand_as(gram)
-    safe = torch.where((bad | deficient)[..., None, None], eye, gram)
-    out = torch.log(torch.diagonal(torch.linalg.cholesky(safe), dim1=-2, dim2=-1).real).sum(-1)
-    out = out.clone()
-    if bool(bad.any()):
-        out[bad] = _svd_sum_log(A[bad], tol)
+    if torch.is_grad_enabled() and wide.requires_grad:
+        # Redo the Cholesky on a safe input so no NaN from a failed one can reach a gradient.
+        eye = torch.eye(k, dtype=gram.dtype, device=gram.device).expand_as(gram)
+        safe = torch.where((rejected | deficient)[..., None, None], eye, gram)
+        diag = torch.diagonal(torch.linalg.cholesky(safe), dim1=-2, dim2=-1).real
+    out = torch.log(diag).sum(-1).clone()
+    if bool(rejected.any()):
+        # λ_max(G) ≤ max_i Σ_j |G_ij|: an upper bound on σ_max, much tighter than ‖A‖_F
+        sigma_max = gram[rejected].abs().sum(-1).amax(-1).sqrt()
+        out[rejected] = _qr_sum_log(wide[rejected], tol, sigma_max.detach())
     return torch.where(deficient, torch.full_like(out, -math.inf), out)
+
+
+_GRAM_LEAF = 256  # below this many rows one matmul is as fast as the blocked product
+
+
+def _row_gram(rows: Tensor) -> Tensor:
+    """rows·rowsᴴ for a batch ``(..., k, l)``, each off-diagonal block computed once.
+
+    The recursive split (lower block, mirrored) skips a quarter of the multiply-adds per
+    level: about 25% faster than one matmul on CPU for k ≥ 512 (torch has no SYRK).
+    """
+    k = rows.shape[-2]
+    if k <= _GRAM_LEAF:
+        return rows @ rows.mH
+    top, bottom = rows[..., : k // 2, :], rows[..., k // 2 :, :]
+    lower = bottom @ top.mH
+    upper_row = torch.cat([_row_gram(top), lower.mH], -1)
+    return torch.cat([upper_row, torch.cat([lower, _row_gram(bottom)], -1)], -2)
+
+
+def _qr_sum_log(wide: Tensor, tol: float, sigma_max: Tensor) -> Tensor:
+    """Σ log |r_ii| of a QR of the (tall) matrices; SVD where full rank is not proven.
+
+    Householder QR is backward stable on A itself, so the value keeps its digits where the
+    Gram route lost them. It is used only where the rank rule provably holds:
+    σ_min(A) = σ_min(R) ≥ 1/‖R⁻¹‖_F > tol·``sigma_max`` ≥ tol·σ_max(A). Elsewhere (about one
+    random 512×512 float32 matrix in three is within a few × of the rule's threshold) the SVD
+    decides, so the result is the SVD's verdict either way.
+    """
+    tall = wide.mH
+    mode = "reduced" if torch.is_grad_enabled() and tall.requires_grad else "r"
+    r = torch.linalg.qr(tall, mode=mode).R
+    out = torch.log(torch.diagonal(r, dim1=-2, dim2=-1).abs()).sum(-1)
+    r = r.detach()
+    eye = torch.eye(r.shape[-1], dtype=r.dtype, device=r.device).expand_as(r)
+    inverse_norm = torch.linalg.vector_norm(
+        torch.linalg.solve_triangular(r, eye, upper=True), dim=(-2, -1)
+    )
+    unsure = ~(inverse_norm * tol * sigma_max < 1)
+    if bool(unsure.any()):
+        out = out.clone()
+        out[unsure] = _svd_sum_log(wide[unsure], tol)
+    return out
 
 
 @contextmanager

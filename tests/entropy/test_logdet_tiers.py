@@ -1,0 +1,125 @@
+"""The three tiers of ``sum_log_singular_values``: Cholesky of the Gram, QR, SVD.
+
+Each tier is checked against matrices with known singular values (random orthogonal factors
+around a chosen diagonal, so Σ log σ is exact by construction), and the tests assert which
+tier answered by making the later ones unavailable.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from entropy_probe.entropy import functional as F
+
+from .test_functional import randn, with_singular_values
+
+F64 = torch.float64
+
+
+def _forbid(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"{name} was called")
+
+    monkeypatch.setattr(F, name, refuse)
+
+
+@pytest.mark.parametrize("k", [1, 255, 256, 257, 300, 513, 1024])
+@pytest.mark.parametrize("complex_", [False, True])
+def test_blocked_gram_equals_one_matmul(k: int, complex_: bool) -> None:
+    rows = randn(2, k, 40, seed=k)
+    if complex_:
+        rows = torch.complex(rows, randn(2, k, 40, seed=k + 1))
+    expected = rows @ rows.mH
+    got = F._row_gram(rows)
+    torch.testing.assert_close(got, expected, rtol=1e-13, atol=1e-12)
+
+
+def test_blocked_gram_gradient_matches_one_matmul() -> None:
+    rows = randn(300, 7, seed=3).requires_grad_(True)
+    weights = randn(300, 300, seed=4)
+    (grad_blocked,) = torch.autograd.grad((F._row_gram(rows) * weights).sum(), rows)
+    (grad_plain,) = torch.autograd.grad(((rows @ rows.mT) * weights).sum(), rows)
+    torch.testing.assert_close(grad_blocked, grad_plain, rtol=1e-12, atol=1e-10)
+
+
+def test_well_conditioned_needs_only_cholesky(monkeypatch: pytest.MonkeyPatch) -> None:
+    sv = [2.0, 1.0, 0.5, 0.25]
+    A = with_singular_values(sv, 6, 4, seed=1)
+    _forbid(monkeypatch, "_qr_sum_log")
+    _forbid(monkeypatch, "_svd_sum_log")
+    assert float(F.sum_log_singular_values(A)) == pytest.approx(sum(map(math.log, sv)), abs=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(5, 5), (9, 4), (4, 9)])
+def test_ill_conditioned_full_rank_is_settled_by_qr(
+    monkeypatch: pytest.MonkeyPatch, shape: tuple[int, int]
+) -> None:
+    # σ_min/σ_max = 1e-9: far below the Cholesky's precision floor (the Gram squares it to
+    # 1e-18, under float64 rounding) but far above the float64 rank tolerance (~2e-15).
+    m, n = shape
+    k = min(m, n)
+    sv = [10.0 ** (-9 * i / (k - 1)) for i in range(k)]
+    A = with_singular_values(sv, m, n, seed=7)
+    _forbid(monkeypatch, "_svd_sum_log")
+    got = float(F.sum_log_singular_values(A))
+    assert got == pytest.approx(sum(map(math.log, sv)), abs=1e-6)
+
+
+def test_qr_tier_keeps_digits_the_gram_loses() -> None:
+    # The Gram route alone on σ_min = 1e-7 loses most digits of log σ_min; the QR tier does not.
+    sv = [1.0, 1.0, 1e-7]
+    A = with_singular_values(sv, 3, 3, seed=11)
+    exact = sum(map(math.log, sv))
+    assert float(F.sum_log_singular_values(A)) == pytest.approx(exact, abs=1e-8)
+
+
+def test_rank_deficient_reaches_the_svd_and_is_minus_inf(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[int, ...]] = []
+    svd = F._svd_sum_log
+
+    def spy(A: torch.Tensor, tol: float) -> torch.Tensor:
+        calls.append(tuple(A.shape))
+        return svd(A, tol)
+
+    monkeypatch.setattr(F, "_svd_sum_log", spy)
+    A = randn(3, 6, 2, seed=2) @ randn(3, 2, 6, seed=3)  # rank 2 in a 6×6 matrix
+    A[1] = with_singular_values([3.0, 2.0, 1.0, 1.0, 0.5, 0.1], 6, 6, seed=4)
+    out = F.sum_log_singular_values(A)
+    assert out[0] == -math.inf and out[2] == -math.inf
+    assert out[1] == pytest.approx(math.log(3 * 2 * 0.5 * 0.1), abs=1e-10)
+    assert calls and sum(shape[0] for shape in calls) == 2  # only the two deficient ones
+
+
+def test_qr_tier_gradient_is_the_inverse_transpose() -> None:
+    # d/dA Σ log σ_i = A^{-T} for a square invertible A, also where the QR tier answered.
+    sv = [1.0, 0.3, 1e-6]
+    A = with_singular_values(sv, 3, 3, seed=5).requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.sum_log_singular_values(A), A)
+    torch.testing.assert_close(grad, torch.linalg.inv(A.detach()).T, rtol=1e-7, atol=1e-6)
+
+
+def test_random_square_float32_layers_get_the_svd_verdict(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Random-init 512×512 float32 first taps (ResNet-50's last stage) are ill-conditioned
+    # enough to fail the Cholesky floor; a few are rank deficient by numpy's rule
+    # (σ_min ≤ 512·eps32·σ_max). The QR tier settles the ones it can prove full rank and the
+    # SVD the rest: the verdicts and values are the SVD's.
+    gen = torch.Generator().manual_seed(0)
+    mats = torch.randn(8, 512, 512, generator=gen) / 48
+    expected = F.sum_log_singular_values(mats, "svd")
+    svd_rows: list[int] = []
+    svd = F._svd_sum_log
+
+    def spy(A: torch.Tensor, tol: float) -> torch.Tensor:
+        svd_rows.append(A.shape[0])
+        return svd(A, tol)
+
+    monkeypatch.setattr(F, "_svd_sum_log", spy)
+    got = F.sum_log_singular_values(mats)
+    assert torch.equal(torch.isinf(got), torch.isinf(expected))
+    assert 0 < int(torch.isinf(expected).sum()) < 8
+    finite = torch.isfinite(expected)
+    torch.testing.assert_close(got[finite], expected[finite], rtol=1e-10, atol=1e-8)
+    assert sum(svd_rows) < 8  # the proven ones skipped the SVD
