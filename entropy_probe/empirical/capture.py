@@ -10,8 +10,9 @@ residual additions and gates).
 Inputs stream through in batches. Each hooked tensor is flattened to (B, D) and immediately
 projected to (B, d) (estimators.RandomProjection; one projection per distinct D, shared by all
 tensors of that size), and only the projected rows are kept: memory is one (N, d) float32
-buffer per measured tensor plus one D×d float32 matrix per distinct D (resnet50 at 224×224
-with N = 256, d = 128: 40 MiB of buffers, 847 MiB of projections), never the activations of
+buffer per measured tensor plus one projection per distinct D (a signed-group sketch and a
+dense frame for wide tensors; resnet50 at 224×224 with N = 256, d = 128: 40 MiB of buffers,
+77 MiB of projections), never the activations of
 all layers (an onnxruntime batch is sized so that all requested outputs of one batch fit in
 ``onnx_batch_bytes``). Within one batch a tensor seen twice (a layer's output that is the
 next layer's input) is projected once. After the last batch every buffer is whitened and

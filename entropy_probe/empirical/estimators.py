@@ -9,7 +9,10 @@ Activations have far more dimensions D than we have samples N, so every estimate
 a d-dimensional marginal, d = min(D, N // 2, max_dims): Z = X·P with P a fixed, seeded D×d
 matrix whose columns are **orthonormal** (a Gaussian matrix made orthonormal by its Gram
 matrix: Q = G·(GᵀG)^(-1/2)). When D ≤ d no projection is made at all (P = I): the estimate is
-then of H(X)/D itself.
+then of H(X)/D itself. When D > 16384 (``SKETCH_DIMS``) the frame is Sᵀ·Q with S a seeded
+signed-group sum onto 16384 coordinates (orthonormal rows; see ``RandomProjection``): still
+exactly orthonormal, but not Haar-distributed over all D-dimensional frames; everything below
+that depends only on orthonormality holds for it unchanged.
 
 A raw Gaussian matrix is *not* volume preserving: with entries N(0, 1/D) its Gram matrix has a
 Marchenko–Pastur spectrum and ½·log det(GᵀG)/d ≈ ½·[(1 − D/d)·log(1 − d/D) − 1] per dimension
@@ -80,6 +83,7 @@ from entropy_probe.errors import DuplicateNameError, EntropyProbeError, unknown_
 
 __all__ = [
     "DEFAULT_MAX_DIMS",
+    "SKETCH_DIMS",
     "EstimatorSpec",
     "RandomProjection",
     "entropy_per_dim",
@@ -96,6 +100,8 @@ __all__ = [
 ]
 
 DEFAULT_MAX_DIMS = 256
+# wider tensors are summed into this many signed groups before the dense projection
+SKETCH_DIMS = 16384
 _HALF_LOG_2PIE = 0.5 * math.log(2.0 * math.pi * math.e)
 # rows of the cdist block in knn_entropy: chunk·N float64 values stay under this many bytes
 _KNN_BLOCK_BYTES = 64 * 2**20
@@ -125,10 +131,24 @@ class RandomProjection:
     is the same as projecting each batch with Q. G is drawn with a ``torch.Generator`` on
     ``device``: the same (seed, D, d) gives the same P on every run on that device type (CPU
     and CUDA draw different, equally valid, random subspaces).
+
+    Wide tensors (D > ``sketch_dims``, e.g. every early activation of a 224-pixel CNN) are
+    first summed into ``sketch_dims`` signed groups: coordinate i goes to group π(i) mod
+    ``sketch_dims`` for a seeded permutation π, with a seeded sign and weight
+    1/sqrt(group size). That map S has orthonormal rows (disjoint supports of unit norm), so
+    Sᵀ·Q (Q now sketch_dims × d) still has orthonormal columns, but it is stored as D indices
+    and weights instead of a D×d matrix (all of resnet50's at 224×224, d = 128: 77 MiB instead
+    of 847 MiB) and applied in O(B·D).
     """
 
     def __init__(
-        self, dims: int, d: int, *, seed: int = 0, device: torch.device | str = "cpu"
+        self,
+        dims: int,
+        d: int,
+        *,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        sketch_dims: int = SKETCH_DIMS,
     ) -> None:
         if not 1 <= d <= dims:
             raise EntropyProbeError(f"projection to d={d} dims needs 1 ≤ d ≤ D={dims}")
@@ -137,10 +157,21 @@ class RandomProjection:
         self.device = torch.device(device)
         self.matrix: Tensor | None = None
         self.whiten: Tensor | None = None
+        self.groups: Tensor | None = None  # sketch: the group of each input coordinate
+        self.weights: Tensor | None = None  # sketch: its signed weight
         if d == dims:
             return
         gen = torch.Generator(device=self.device).manual_seed(_projection_seed(seed, dims, d))
-        g = torch.randn((dims, d), generator=gen, device=self.device, dtype=torch.float32)
+        inner = dims
+        if dims > max(sketch_dims, d):
+            inner = sketch_dims
+            perm = torch.randperm(dims, generator=gen, device=self.device)
+            groups = perm % inner
+            sizes = dims // inner + (groups < dims % inner).to(torch.float32)
+            signs = torch.randint(0, 2, (dims,), generator=gen, device=self.device) * 2 - 1
+            self.groups = groups  # int64: index_add_ with int32 indices is 6× slower on CPU
+            self.weights = signs / sizes.sqrt()
+        g = torch.randn((inner, d), generator=gen, device=self.device, dtype=torch.float32)
         gram = (g.T @ g).to(torch.float64)
         evals, evecs = torch.linalg.eigh(gram)
         self.matrix = g
@@ -152,7 +183,9 @@ class RandomProjection:
 
     @property
     def nbytes(self) -> int:
-        return 0 if self.matrix is None else self.matrix.numel() * self.matrix.element_size()
+        """Bytes held by the projection (matrix and sketch), excluding the d×d whitening."""
+        held = (self.matrix, self.groups, self.weights)
+        return sum(t.numel() * t.element_size() for t in held if t is not None)
 
     def raw(self, x: Tensor) -> Tensor:
         """(B, D) → (B, d) float32 before the final whitening (x itself when d = D)."""
@@ -160,7 +193,11 @@ class RandomProjection:
             raise EntropyProbeError(f"expected (B, {self.dims}) features, got {tuple(x.shape)}")
         if self.matrix is None:
             return x
-        return x.to(torch.float32) @ self.matrix
+        x = x.to(torch.float32)
+        if self.groups is not None and self.weights is not None:
+            sketch = x.new_zeros((x.shape[0], self.matrix.shape[0]))
+            x = sketch.index_add_(1, self.groups, x * self.weights)
+        return x @ self.matrix
 
     def finish(self, z: Tensor) -> Tensor:
         """Stacked ``raw`` outputs (N, d) → the orthonormal projection, float64."""

@@ -191,6 +191,45 @@ def test_same_projection_for_equal_dims_makes_scaling_exact() -> None:
         assert float(delta) == pytest.approx(math.log(2.5), abs=1e-5)
 
 
+def test_sketched_projection_is_orthonormal_and_seeded() -> None:
+    # D = 1000 > sketch_dims = 96: signed group sums (orthonormal rows) then a dense 96 → 20
+    # frame. The composite D×d matrix still has orthonormal columns, every coordinate of the
+    # input reaches the output, and the same (seed, D, d) gives the same frame.
+    proj = RandomProjection(1000, 20, seed=4, sketch_dims=96)
+    assert proj.groups is not None and proj.weights is not None
+    sizes = torch.bincount(proj.groups.long(), minlength=96)
+    assert int(sizes.min()) == 1000 // 96 and int(sizes.max()) == 1000 // 96 + 1
+    q = proj(torch.eye(1000, dtype=torch.float64))
+    torch.testing.assert_close(q.T @ q, torch.eye(20, dtype=torch.float64), atol=1e-6, rtol=0)
+    assert bool((q.abs().sum(1) > 0).all())
+    again = RandomProjection(1000, 20, seed=4, sketch_dims=96)
+    torch.testing.assert_close(again(torch.eye(1000, dtype=torch.float64)), q, rtol=0, atol=0)
+    # small tensors keep the dense frame (and so every value measured on them)
+    dense = RandomProjection(90, 20, seed=4, sketch_dims=96)
+    assert dense.groups is None
+    assert torch.equal(dense.matrix, RandomProjection(90, 20, seed=4).matrix)
+
+
+def test_sketched_projection_keeps_isotropic_entropy_and_exact_scaling() -> None:
+    gen = torch.Generator().manual_seed(12)
+    x = torch.randn(3000, 5000, generator=gen) * math.sqrt(3.0)
+    proj = RandomProjection(5000, 64, seed=0, sketch_dims=512)
+    z = proj(x)
+    exact = HALF_LOG_2PIE + 0.5 * math.log(3.0)
+    assert float(gaussian_entropy(z)) == pytest.approx(exact, abs=0.015)
+    delta = gaussian_entropy(proj(2.5 * x)) - gaussian_entropy(z)
+    assert float(delta) == pytest.approx(math.log(2.5), abs=1e-5)
+
+
+def test_sketch_memory_is_linear_in_d_not_d_times_dims() -> None:
+    # a 64×112×112 activation (resnet50's stem) projected to d = 128: a dense frame would hold
+    # 802816·128 float32 = 392 MiB; the sketch holds 12 bytes per coordinate (int64 group,
+    # float32 weight) plus a 16384×128 float32 frame
+    proj = RandomProjection(64 * 112 * 112, 128, seed=0)
+    assert proj.nbytes == 64 * 112 * 112 * 12 + 16384 * 128 * 4
+    assert proj.nbytes < 18 * 2**20
+
+
 # --------------------------------------------------------------------------- registry
 
 
@@ -223,8 +262,10 @@ def test_estimators_on_cuda_match_cpu() -> None:
     torch.testing.assert_close(
         knn_entropy(x.cuda(), chunk_size=13).cpu(), knn_entropy(x), rtol=0, atol=1e-9
     )
-    proj = RandomProjection(5000, 64, device="cuda")
-    q = proj(torch.eye(5000, device="cuda"))
-    torch.testing.assert_close(
-        q.T @ q, torch.eye(64, dtype=torch.float64, device="cuda"), atol=1e-5, rtol=0
-    )
+    for sketch_dims in (16384, 512):  # dense frame, then the signed-group sketch
+        proj = RandomProjection(5000, 64, device="cuda", sketch_dims=sketch_dims)
+        assert (proj.groups is not None) == (sketch_dims == 512)
+        q = proj(torch.eye(5000, device="cuda"))
+        torch.testing.assert_close(
+            q.T @ q, torch.eye(64, dtype=torch.float64, device="cuda"), atol=1e-5, rtol=0
+        )
