@@ -142,7 +142,8 @@ def _model_options(
             type=click.IntRange(min=4),
             default=256,
             show_default=True,
-            help="How many inputs of --data to use.",
+            help="How many inputs of --data to use (a seeded random subset when a folder or "
+            "array holds more).",
         ),
         click.option(
             "--batch-size",

@@ -6,9 +6,12 @@ Accepted forms, checked in this order:
   and folders skipped): every file read must be an image PIL can open, otherwise SourceError
   names the file. Each image is converted to grey or RGB to match the model's channels,
   resized so it covers the model's H×W (aspect kept) and centre-cropped, scaled to [0, 1] and
-  normalised (below). Only the first ``samples`` images are read.
+  normalised (below).
 * an existing **.npy** file shaped ``(N, *input_shape)``, read with ``allow_pickle=False``
-  and used as given (it is assumed to be preprocessed already); the first ``samples`` rows.
+  and used as given (it is assumed to be preprocessed already).
+* Of a folder or array with more than ``samples`` items, a seeded random subset of
+  ``samples`` is read (in file/row order): folders and arrays are often sorted by class, and
+  their first N items would all be one class.
 * a **built-in dataset** name (``mnist5k``, ``digits``, ``nuclei``; entropy_probe.datasets):
   ``samples`` samples drawn with a fixed seed, channels converted (grey → RGB by repetition,
   RGB → grey by ITU-R 601 luma) and resized (bilinear, antialiased) to the model's H×W, then
@@ -100,14 +103,15 @@ def load_inputs(
     if isinstance(data, Tensor | np.ndarray):
         arr = torch.as_tensor(np.asarray(data)) if isinstance(data, np.ndarray) else data
         _check_array_shape(tuple(arr.shape), shape, "the data")
-        inputs = arr[:samples].detach().to("cpu", torch.float32)
+        picked = _subset(len(arr), samples, seed)
+        inputs = arr[torch.as_tensor(picked)].detach().to("cpu", torch.float32)
         return InputData(_finite(inputs, "the data"), f"{len(inputs)} given samples")
     path = Path(data).expanduser()
     if path.is_dir():
-        return _image_folder(path, shape, loaded, samples)
+        return _image_folder(path, shape, loaded, samples, seed)
     if path.is_file():
         if path.suffix.lower() == ".npy":
-            return _npy(path, shape, samples)
+            return _npy(path, shape, samples, seed)
         raise SourceError(
             f"--data {path}: a file must be a .npy array shaped (N, {_fmt(shape)}); "
             "for images, give a folder of them"
@@ -151,7 +155,15 @@ def _finite(inputs: Tensor, what: str) -> Tensor:
     return inputs
 
 
-def _npy(path: Path, shape: tuple[int, ...], samples: int) -> InputData:
+def _subset(available: int, samples: int, seed: int) -> list[int]:
+    """Indices of the items to read: all of them, or a seeded random ``samples`` in order."""
+    if available <= samples:
+        return list(range(available))
+    gen = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(available, generator=gen)[:samples].tolist())
+
+
+def _npy(path: Path, shape: tuple[int, ...], samples: int, seed: int) -> InputData:
     try:
         with path.open("rb") as handle:
             magic = handle.read(6)
@@ -179,8 +191,16 @@ def _npy(path: Path, shape: tuple[int, ...], samples: int) -> InputData:
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise SourceError(f"--data {path}: dtype {arr.dtype} is not numeric")
     _check_array_shape(tuple(int(s) for s in arr.shape), shape, f"--data {path}")
-    inputs = torch.from_numpy(np.array(arr[:samples], dtype=np.float32))
-    return InputData(_finite(inputs, f"--data {path}"), f"{len(inputs)} samples from {path}")
+    picked = _subset(len(arr), samples, seed)
+    inputs = torch.from_numpy(np.array(arr[picked], dtype=np.float32))
+    return InputData(
+        _finite(inputs, f"--data {path}"),
+        f"{len(inputs)} samples from {path}{_of(len(inputs), len(arr), 'rows')}",
+    )
+
+
+def _of(read: int, available: int, unit: str) -> str:
+    return f" (a seeded random {read} of {available} {unit})" if read < available else ""
 
 
 def _image_shape(shape: tuple[int, ...], what: str) -> tuple[int, int, int]:
@@ -202,7 +222,7 @@ def _normalise(x: Tensor, loaded: LoadedModel | None) -> Tensor:
 
 
 def _image_folder(
-    root: Path, shape: tuple[int, ...], loaded: LoadedModel | None, samples: int
+    root: Path, shape: tuple[int, ...], loaded: LoadedModel | None, samples: int, seed: int
 ) -> InputData:
     from PIL import Image, UnidentifiedImageError
 
@@ -215,7 +235,7 @@ def _image_folder(
     if not files:
         raise SourceError(f"--data {root}: the folder holds no files")
     arrays: list[np.ndarray] = []
-    for file in files[:samples]:
+    for file in (files[i] for i in _subset(len(files), samples, seed)):
         try:
             with Image.open(file) as img:
                 img.load()
@@ -227,7 +247,8 @@ def _image_folder(
             ) from None
     x = torch.from_numpy(np.stack(arrays))
     return InputData(
-        _normalise(x, loaded), f"{len(arrays)} images from {root} (of {len(files)} files)"
+        _normalise(x, loaded),
+        f"{len(arrays)} images from {root}{_of(len(arrays), len(files), 'files')}",
     )
 
 

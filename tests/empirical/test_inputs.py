@@ -91,10 +91,41 @@ def test_image_folder(tmp_path: Path) -> None:
     expected_red = (torch.tensor([1.0, 0.0, 0.0]) - mean) / std
     torch.testing.assert_close(rgb.inputs[0, :, 8, 8], expected_red)
     torch.testing.assert_close(rgb.inputs[2, :, 8, 8], (1.0 - mean) / std)  # 16-bit white
-    grey = load_inputs(tmp_path, loaded((1, 16, 16)), samples=2)
-    assert grey.inputs.shape == (2, 1, 16, 16)
+    grey = load_inputs(tmp_path, loaded((1, 16, 16)), samples=3)
+    assert grey.inputs.shape == (3, 1, 16, 16)
     assert float(grey.inputs[1].mean()) == pytest.approx(128 / 255, abs=1e-6)
     assert float(grey.inputs[0, 0, 8, 8]) == pytest.approx(0.299, abs=0.01)  # red → luma
+
+
+def test_more_files_than_samples_reads_a_seeded_subset_of_every_class(tmp_path: Path) -> None:
+    # An ImageFolder-style tree sorted by class: the first 10 files would all be class "a".
+    from PIL import Image
+
+    for label, base in (("a", 0), ("b", 128)):
+        (tmp_path / label).mkdir()
+        for i in range(10):  # every file a different grey level, increasing in file order
+            Image.new("L", (8, 8), base + 10 * i).save(tmp_path / label / f"{i:02d}.png")
+    data = load_inputs(tmp_path, loaded((1, 8, 8)), samples=10)
+    means = [float(x.mean()) * 255 for x in data.inputs]
+    assert min(means) < 128 <= max(means)  # both classes
+    assert means == sorted(means) and len(set(means)) == 10  # distinct files, in file order
+    assert "a seeded random 10 of 20 files" in data.description
+    again = load_inputs(tmp_path, loaded((1, 8, 8)), samples=10)
+    assert torch.equal(again.inputs, data.inputs)
+    other = load_inputs(tmp_path, loaded((1, 8, 8)), samples=10, seed=1)
+    assert not torch.equal(other.inputs, data.inputs)
+
+
+def test_more_rows_than_samples_reads_a_seeded_subset(tmp_path: Path) -> None:
+    rows = np.repeat(np.arange(20, dtype=np.float32), 4).reshape(20, 1, 2, 2)
+    np.save(tmp_path / "sorted.npy", rows)
+    data = load_inputs(tmp_path / "sorted.npy", loaded((1, 2, 2)), samples=5)
+    picked = [float(x[0, 0, 0]) for x in data.inputs]
+    assert len(picked) == 5 and picked == sorted(picked) and max(picked) >= 5
+    assert "a seeded random 5 of 20 rows" in data.description
+    everything = load_inputs(tmp_path / "sorted.npy", loaded((1, 2, 2)), samples=50)
+    assert torch.equal(everything.inputs, torch.from_numpy(rows))
+    assert "seeded" not in everything.description
 
 
 def test_image_folder_with_a_non_image_names_it(tmp_path: Path) -> None:
@@ -128,7 +159,10 @@ def test_npy(tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", arr)
     data = load_inputs(tmp_path / "x.npy", loaded((2, 5, 5)), samples=10)
     assert data.inputs.dtype == torch.float32 and data.inputs.shape == (10, 2, 5, 5)
-    np.testing.assert_allclose(data.inputs.numpy(), arr[:10], rtol=1e-6)  # used as given
+    # used as given: each input is a row of the file, distinct rows in file order
+    rows = [int(np.abs(arr - x.numpy()).reshape(12, -1).max(1).argmin()) for x in data.inputs]
+    assert rows == sorted(set(rows))
+    np.testing.assert_allclose(data.inputs.numpy(), arr[rows], rtol=1e-6)
 
 
 def test_npy_errors(tmp_path: Path) -> None:
