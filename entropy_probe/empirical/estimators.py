@@ -138,7 +138,8 @@ class RandomProjection:
     1/sqrt(group size). That map S has orthonormal rows (disjoint supports of unit norm), so
     Sᵀ·Q (Q now sketch_dims × d) still has orthonormal columns, but it is stored as D indices
     and weights instead of a D×d matrix (all of resnet50's at 224×224, d = 128: 77 MiB instead
-    of 847 MiB) and applied in O(B·D).
+    of 847 MiB) and applied in O(B·D). On CUDA the group sums use atomic adds, so projected
+    values (not P) can differ in the last bits from run to run.
     """
 
     def __init__(
@@ -163,8 +164,10 @@ class RandomProjection:
             return
         gen = torch.Generator(device=self.device).manual_seed(_projection_seed(seed, dims, d))
         inner = dims
-        if dims > max(sketch_dims, d):
-            inner = sketch_dims
+        if dims > max(sketch_dims, 2 * d):
+            # at least 2d groups: a square Gaussian frame would be too ill-conditioned for the
+            # float32 product that ``raw`` computes before the float64 whitening
+            inner = max(sketch_dims, 2 * d)
             perm = torch.randperm(dims, generator=gen, device=self.device)
             groups = perm % inner
             sizes = dims // inner + (groups < dims % inner).to(torch.float32)

@@ -67,20 +67,21 @@ def sum_log_singular_values(
     """Σ_i log σ_i over the last two dimensions of a batch of matrices.
 
     ``mats`` has shape ``(..., m, n)``; the result has shape ``(...)`` in float64. The sum runs
-    over the min(m, n) singular values. ``auto`` works in three tiers:
+    over the min(m, n) singular values. A matrix that is numerically rank deficient
+    (σ_min ≤ σ_max·max(m, n)·eps of the input dtype, numpy's ``matrix_rank`` rule) gives
+    ``-inf``. ``tolerance_dtype`` overrides the dtype whose eps is used, for matrices derived
+    in float64 from lower-precision weights (BatchNorm folding).
+
+    ``auto`` works in three tiers; each answers only where a condition estimate on its
+    triangular factor T (``_clears``) puts σ_min well above tol·(an upper bound on σ_max), so
+    the verdict is the SVD's:
 
     1. ½·log det of the smaller Gram matrix via a batched Cholesky (about 4× cheaper than an
-       SVD on CPU), trusted where every pivot is far above the rounding the Gram product
-       leaves (it squares the condition number);
+       SVD on CPU), where in addition σ_min is far above the rounding of the Gram product
+       (which squares the condition number);
     2. for the rest, a Householder QR of the matrix itself (no squaring: Σ log |r_ii| is
-       accurate however ill-conditioned the matrix), trusted where R proves the matrix is
-       full rank by the rule below;
-    3. an SVD for what is left, which decides rank deficiency exactly.
-
-    A matrix that is numerically rank deficient (σ_min ≤ σ_max·max(m, n)·eps of the input
-    dtype, numpy's ``matrix_rank`` rule) gives ``-inf``. ``tolerance_dtype`` overrides the dtype
-    whose eps is used, for matrices derived in float64 from lower-precision weights
-    (BatchNorm folding).
+       accurate however ill-conditioned the matrix);
+    3. an SVD for what neither could prove, which decides rank deficiency exactly.
     """
     method = LogDetMethod(method)
     if mats.dim() < 2:
@@ -92,10 +93,8 @@ def sum_log_singular_values(
     # ``wide``: the k×l orientation with k ≤ l, stored contiguously (batched matmul on a
     # strided view is ~8× slower); its singular values are A's.
     wide = mats if m <= n else mats.mH
-    wide = wide.to(
-        torch.complex128 if wide.is_complex() else torch.float64,
-        memory_format=torch.contiguous_format,
-    )
+    dtype = torch.complex128 if wide.is_complex() else torch.float64
+    wide = wide.to(dtype, memory_format=torch.contiguous_format).contiguous()
     if method is LogDetMethod.SVD:
         return _svd_sum_log(wide, tol)
 
@@ -105,11 +104,13 @@ def sum_log_singular_values(
     k = gram.shape[-1]
     line_sq = torch.diagonal(gram, dim1=-2, dim2=-1).real  # squared row (column) norms
     frob = line_sq.sum(-1).sqrt()
-    # A rank-deficient A often does not make the Cholesky fail: rounding leaves a pivot of
-    # about sqrt(k·eps64)·‖A‖_F where an exact zero belongs, and a finite value came out.
-    # Pivots below 1e3 times that (or at the rank tolerance) go to the next tier.
-    floor = max(tol, 1e3 * math.sqrt(k * torch.finfo(torch.float64).eps))
-    rejected = (info != 0) | (diag.amin(-1) <= floor * frob)
+    sigma_max = _sigma_max_estimate(gram.detach())
+    # The Gram product rounds each λ = σ² by about eps64·‖A‖_F²: σ_min must be 1e3 times
+    # sqrt(eps64)·‖A‖_F (λ_min relative error ≲ 1e-6) for the Cholesky value to keep its digits,
+    # and above the rank tolerance.
+    precision = 1e3 * math.sqrt(torch.finfo(torch.float64).eps) * frob.detach()
+    floor = torch.maximum(tol * sigma_max, precision)
+    rejected = (info != 0) | ~_clears(chol.detach(), floor, upper=False)
     # σ_min ≤ the smallest row (column) norm and σ_max ≥ the largest: a line that small is
     # rank deficiency by the tolerance rule without any decomposition (e.g. a BatchNorm with
     # γ = 0 folded in).
@@ -129,10 +130,45 @@ def sum_log_singular_values(
         diag = torch.diagonal(torch.linalg.cholesky(safe), dim1=-2, dim2=-1).real
     out = torch.log(diag).sum(-1).clone()
     if bool(rejected.any()):
-        # λ_max(G) ≤ max_i Σ_j |G_ij|: an upper bound on σ_max, much tighter than ‖A‖_F
-        sigma_max = gram[rejected].abs().sum(-1).amax(-1).sqrt()
-        out[rejected] = _qr_sum_log(wide[rejected], tol, sigma_max.detach())
+        out[rejected] = _qr_sum_log(wide[rejected], tol, sigma_max[rejected])
     return torch.where(deficient, torch.full_like(out, -math.inf), out)
+
+
+_POWER_STEPS = 8  # power iterations for the σ_min and σ_max estimates
+_SAFETY = 2.0  # how far the estimated σ_min must clear the threshold
+
+
+def _sigma_max_estimate(gram: Tensor) -> Tensor:
+    """sqrt(λ_max(G)) by power iteration from a seeded start (k² per step): σ_max(A), from
+    below, typically within a few % (the rigorous row-sum bound is often 2× too high)."""
+    gen = torch.Generator(device=gram.device).manual_seed(1)
+    x = torch.randn((*gram.shape[:-1], 1), generator=gen, dtype=gram.dtype, device=gram.device)
+    value = torch.zeros(gram.shape[:-2], dtype=torch.float64, device=gram.device)
+    for _ in range(_POWER_STEPS):
+        x = gram @ (x / torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True))
+        value = torch.linalg.vector_norm(x, dim=(-2, -1))
+    return value.sqrt()
+
+
+def _clears(tri: Tensor, floor: Tensor, *, upper: bool) -> Tensor:
+    """Whether σ_min(T) clears ``floor`` for each triangular T, by a condition estimate.
+
+    A pivot alone says nothing: a triangular matrix can have large pivots and a tiny σ_min
+    (Kahan's matrix). ``_POWER_STEPS`` power iterations on T⁻ᴴT⁻¹ from a seeded random start
+    (two triangular solves with one right-hand side each, O(k²), where an exact ‖T⁻¹‖_F would
+    cost a k³ inverse) give ‖T⁻¹x‖ ≤ ‖T⁻¹‖₂ = 1/σ_min; requiring 1/‖T⁻¹x‖ > ``_SAFETY``·floor
+    (with σ_max from :func:`_sigma_max_estimate` in ``floor``) absorbs the power method's
+    errors, as LAPACK's condition estimators do. NaN or a zero pivot: does not clear.
+    """
+    gen = torch.Generator(device=tri.device).manual_seed(0)
+    x = torch.randn((*tri.shape[:-1], 1), generator=gen, dtype=tri.dtype, device=tri.device)
+    growth = torch.zeros(tri.shape[:-2], dtype=torch.float64, device=tri.device)
+    for _ in range(_POWER_STEPS):
+        x = x / torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True)
+        y = torch.linalg.solve_triangular(tri, x, upper=upper)  # T⁻¹x
+        growth = torch.linalg.vector_norm(y, dim=(-2, -1))
+        x = torch.linalg.solve_triangular(tri.mH, y, upper=not upper)  # T⁻ᴴT⁻¹x
+    return growth * _SAFETY * floor < 1
 
 
 _GRAM_LEAF = 256  # below this many rows one matmul is as fast as the blocked product
@@ -154,27 +190,25 @@ def _row_gram(rows: Tensor) -> Tensor:
 
 
 def _qr_sum_log(wide: Tensor, tol: float, sigma_max: Tensor) -> Tensor:
-    """Σ log |r_ii| of a QR of the (tall) matrices; SVD where full rank is not proven.
+    """Σ log |r_ii| of a QR of the (tall) matrices where R is clearly full rank; SVD elsewhere.
 
     Householder QR is backward stable on A itself, so the value keeps its digits where the
-    Gram route lost them. It is used only where the rank rule provably holds:
-    σ_min(A) = σ_min(R) ≥ 1/‖R⁻¹‖_F > tol·``sigma_max`` ≥ tol·σ_max(A). Elsewhere (about one
-    random 512×512 float32 matrix in three is within a few × of the rule's threshold) the SVD
-    decides, so the result is the SVD's verdict either way.
+    Gram route lost them. It answers only where σ_min(A) = σ_min(R) clears
+    tol·``sigma_max`` ≈ tol·σ_max(A) by the condition estimate; elsewhere (random square
+    float32 matrices of 512–768 rows are often within a few × of the rule's threshold) the
+    SVD decides. With autograd, the QR is redone with gradients on the accepted matrices only:
+    QR's backward needs full rank.
     """
     tall = wide.mH
-    mode = "reduced" if torch.is_grad_enabled() and tall.requires_grad else "r"
-    r = torch.linalg.qr(tall, mode=mode).R
-    out = torch.log(torch.diagonal(r, dim1=-2, dim2=-1).abs()).sum(-1)
-    r = r.detach()
-    eye = torch.eye(r.shape[-1], dtype=r.dtype, device=r.device).expand_as(r)
-    inverse_norm = torch.linalg.vector_norm(
-        torch.linalg.solve_triangular(r, eye, upper=True), dim=(-2, -1)
-    )
-    unsure = ~(inverse_norm * tol * sigma_max < 1)
-    if bool(unsure.any()):
-        out = out.clone()
-        out[unsure] = _svd_sum_log(wide[unsure], tol)
+    with torch.no_grad():
+        r = torch.linalg.qr(tall, mode="r").R
+        accepted = _clears(r, tol * sigma_max, upper=True)
+        out = torch.log(torch.diagonal(r, dim1=-2, dim2=-1).abs()).sum(-1)
+    if torch.is_grad_enabled() and tall.requires_grad and bool(accepted.any()):
+        r_grad = torch.linalg.qr(tall[accepted], mode="reduced").R
+        out[accepted] = torch.log(torch.diagonal(r_grad, dim1=-2, dim2=-1).abs()).sum(-1)
+    if not bool(accepted.all()):
+        out[~accepted] = _svd_sum_log(wide[~accepted], tol)
     return out
 
 
@@ -200,10 +234,11 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
 def _svd_sum_log(A: Tensor, tol: float) -> Tensor:
     with _one_cpu_thread(A.device):
         sv = torch.linalg.svdvals(A)
-    logs = torch.log(sv).sum(-1)
     if sv.numel() == 0:
-        return logs
-    deficient = sv[..., -1] <= sv[..., 0] * tol
+        return torch.log(sv).sum(-1)
+    deficient = (sv[..., -1] <= sv[..., 0] * tol).detach()
+    # log(1) where the value is discarded: log(0)·0 would put NaN into the gradient
+    logs = torch.log(torch.where(deficient[..., None], torch.ones_like(sv), sv)).sum(-1)
     return torch.where(deficient, torch.full_like(logs, -math.inf), logs)
 
 

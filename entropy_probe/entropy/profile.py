@@ -203,7 +203,7 @@ def _evaluate_terms(
             # Aᴴ has A's singular values: the wide orientation, concatenated in the stored dtype
             # then converted once, is the contiguous float64 layout the Gram product wants
             wide = [piece.detach().mH if m > n else piece.detach() for _, piece in chunk]
-            batch = F.precise(torch.cat(wide).to(device))
+            batch = F.precise(torch.cat([piece.to(device) for piece in wide]))
             logs = F.sum_log_singular_values(batch, tolerance_dtype=dtype).cpu().tolist()
             sqs = (torch.linalg.vector_norm(batch, dim=(-2, -1)) ** 2).cpu().tolist()
             for key, log_value, sq in zip(keys, logs, sqs, strict=True):

@@ -204,6 +204,14 @@ def test_sketched_projection_is_orthonormal_and_seeded() -> None:
     assert bool((q.abs().sum(1) > 0).all())
     again = RandomProjection(1000, 20, seed=4, sketch_dims=96)
     torch.testing.assert_close(again(torch.eye(1000, dtype=torch.float64)), q, rtol=0, atol=0)
+    # more output dims than groups: the sketch keeps 2d groups so the frame stays well conditioned
+    wide_d = RandomProjection(500, 150, seed=4, sketch_dims=96)
+    assert wide_d.groups is not None and wide_d.matrix is not None
+    assert wide_d.matrix.shape == (300, 150)
+    q_wide = wide_d(torch.eye(500, dtype=torch.float64))
+    torch.testing.assert_close(
+        q_wide.T @ q_wide, torch.eye(150, dtype=torch.float64), atol=1e-5, rtol=0
+    )
     # small tensors keep the dense frame (and so every value measured on them)
     dense = RandomProjection(90, 20, seed=4, sketch_dims=96)
     assert dense.groups is None

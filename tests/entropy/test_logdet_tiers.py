@@ -93,10 +93,11 @@ def test_rank_deficient_reaches_the_svd_and_is_minus_inf(monkeypatch: pytest.Mon
     assert calls and sum(shape[0] for shape in calls) == 2  # only the two deficient ones
 
 
-def test_qr_tier_gradient_is_the_inverse_transpose() -> None:
+def test_qr_tier_gradient_is_the_inverse_transpose(monkeypatch: pytest.MonkeyPatch) -> None:
     # d/dA Σ log σ_i = A^{-T} for a square invertible A, also where the QR tier answered.
     sv = [1.0, 0.3, 1e-6]
     A = with_singular_values(sv, 3, 3, seed=5).requires_grad_(True)
+    _forbid(monkeypatch, "_svd_sum_log")
     (grad,) = torch.autograd.grad(F.sum_log_singular_values(A), A)
     torch.testing.assert_close(grad, torch.linalg.inv(A.detach()).T, rtol=1e-7, atol=1e-6)
 
@@ -104,7 +105,7 @@ def test_qr_tier_gradient_is_the_inverse_transpose() -> None:
 def test_random_square_float32_layers_get_the_svd_verdict(monkeypatch: pytest.MonkeyPatch) -> None:
     # Random-init 512×512 float32 first taps (ResNet-50's last stage) are ill-conditioned
     # enough to fail the Cholesky floor; a few are rank deficient by numpy's rule
-    # (σ_min ≤ 512·eps32·σ_max). The QR tier settles the ones it can prove full rank and the
+    # (σ_min ≤ 512·eps32·σ_max). The QR tier settles the ones it finds clearly full rank and the
     # SVD the rest: the verdicts and values are the SVD's.
     gen = torch.Generator().manual_seed(0)
     mats = torch.randn(8, 512, 512, generator=gen) / 48
@@ -122,4 +123,66 @@ def test_random_square_float32_layers_get_the_svd_verdict(monkeypatch: pytest.Mo
     assert 0 < int(torch.isinf(expected).sum()) < 8
     finite = torch.isfinite(expected)
     torch.testing.assert_close(got[finite], expected[finite], rtol=1e-10, atol=1e-8)
-    assert sum(svd_rows) < 8  # the proven ones skipped the SVD
+    assert sum(svd_rows) < 8  # the clear ones skipped the SVD
+
+
+def kahan(k: int, theta: float) -> torch.Tensor:
+    """Kahan's upper-triangular matrix: pivots s^i stay moderate while σ_min collapses."""
+    c, s = math.cos(theta), math.sin(theta)
+    upper = torch.triu(torch.ones(k, k, dtype=F64), diagonal=1)
+    return torch.diag(s ** torch.arange(k, dtype=F64)) @ (torch.eye(k, dtype=F64) - c * upper)
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_large_pivots_do_not_hide_a_tiny_sigma_min(transpose: bool) -> None:
+    # σ_min/σ_max ≈ 6e-11 with every pivot ≥ 0.01·‖A‖: rank deficient for float32 weights
+    # (tolerance 100·eps32 = 1.2e-5), and far too ill-conditioned for the Gram route in float64.
+    K = kahan(100, 1.35)
+    K = K.T if transpose else K
+    sv = torch.linalg.svdvals(K)
+    assert float(sv[-1] / sv[0]) < 1e-9
+    assert float(F.sum_log_singular_values(K.float())) == -math.inf
+    exact = float(torch.log(sv).sum())
+    got = float(F.sum_log_singular_values(K))  # float64 tolerance: full rank
+    assert got == pytest.approx(exact, abs=1e-6)
+
+
+def test_exactly_singular_members_leave_finite_gradients() -> None:
+    singular = torch.tensor([[1.0, 1.0], [1.0, 1.0]], dtype=F64)
+    healthy = torch.tensor([[2.0, 0.5], [0.1, 1.0]], dtype=F64)
+    for method in ("auto", "svd"):
+        A = torch.stack([singular, healthy]).requires_grad_(True)
+        out = F.sum_log_singular_values(A, method)
+        assert out[0] == -math.inf
+        masked = torch.where(torch.isinf(out), torch.zeros_like(out), out).sum()
+        (grad,) = torch.autograd.grad(masked, A)
+        assert bool(torch.isfinite(grad).all()), (method, grad)
+        torch.testing.assert_close(grad[1], torch.linalg.inv(healthy).T)
+        assert bool((grad[0] == 0).all())
+
+
+@pytest.mark.parametrize("factor", [0.5, 0.9, 1.1, 3.0, 100.0])
+def test_verdict_near_the_rank_threshold_is_the_svds(
+    monkeypatch: pytest.MonkeyPatch, factor: float
+) -> None:
+    # 50×50 float64 matrices judged at float32 precision: tol = 50·eps32. σ_min = factor·tol·σ_max,
+    # the other singular values spread over [0.01, 1]. Below the threshold −inf, above it the
+    # exact value; only near it (within the 2× safety margin) may the SVD be needed.
+    tol = 50 * torch.finfo(torch.float32).eps
+    sv = [*torch.logspace(0, -2, 49, dtype=F64).tolist(), factor * tol]
+    A = with_singular_values(sv, 50, 50, seed=int(factor * 10))
+    svd_calls: list[int] = []
+    svd = F._svd_sum_log
+
+    def spy(M: torch.Tensor, t: float) -> torch.Tensor:
+        svd_calls.append(M.shape[0])
+        return svd(M, t)
+
+    monkeypatch.setattr(F, "_svd_sum_log", spy)
+    got = float(F.sum_log_singular_values(A, tolerance_dtype=torch.float32))
+    if factor < 1:
+        assert got == -math.inf
+    else:
+        assert got == pytest.approx(sum(map(math.log, sv)), abs=1e-8)
+    if factor >= 100:
+        assert not svd_calls
