@@ -186,3 +186,20 @@ def test_verdict_near_the_rank_threshold_is_the_svds(
         assert got == pytest.approx(sum(map(math.log, sv)), abs=1e-8)
     if factor >= 100:
         assert not svd_calls
+
+
+@pytest.mark.parametrize(("k", "length"), [(256, 256), (128, 512), (64, 64)])
+def test_cholesky_tier_keeps_its_digits_at_the_precision_floor(
+    monkeypatch: pytest.MonkeyPatch, k: int, length: int
+) -> None:
+    # σ_min just above the Gram tier's floor (2× safety on 100·sqrt(eps64)·‖A‖_F, i.e.
+    # 3e-6·‖A‖_F): the Cholesky answers, and the squared condition number costs far less
+    # than 1e-7 nats on the total.
+    _forbid(monkeypatch, "_qr_sum_log")
+    sv = torch.logspace(0, -2, k, dtype=F64)
+    frob = float(sv.norm())
+    for i, ratio in enumerate((4e-6, 1e-5)):
+        sv[-1] = ratio * frob
+        A = with_singular_values(sv.tolist(), length, k, seed=20 + i)
+        exact = float(torch.log(sv).sum())
+        assert float(F.sum_log_singular_values(A)) == pytest.approx(exact, abs=1e-7)
