@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from entropy_probe.enums import LayerKind, Status
+from entropy_probe.errors import SourceError
 from entropy_probe.walk.onnx_shapes import SHAPED_OPS, infer_shapes, runtime_shapes
 from entropy_probe.walk.records import BatchNormParams, LayerRecord, Shape
 
@@ -243,11 +244,47 @@ def _constant_value(node: Any) -> np.ndarray | None:
     return None  # sparse_value, strings
 
 
+# The attribute types this walker reads (ONNX operator specs); any other type is corruption.
+_ATTRIBUTE_TYPES = {
+    "allowzero": "INT",
+    "alpha": "FLOAT",
+    "auto_pad": "STRING",
+    "axis": "INT",
+    "block_size": "INT",
+    "dilations": "INTS",
+    "epsilon": "FLOAT",
+    "group": "INT",
+    "kernel_shape": "INTS",
+    "output_padding": "INTS",
+    "pads": "INTS",
+    "perm": "INTS",
+    "strides": "INTS",
+    "to": "INT",
+    "training_mode": "INT",
+    "transA": "INT",
+    "transB": "INT",
+}
+
+
 def _attrs(node: Any) -> dict[str, Any]:
-    from onnx import helper
+    """The node's attributes by name; one the walker reads with the wrong type is a
+    SourceError naming the node (a flipped bit can turn ``group`` into an empty string)."""
+    from onnx import AttributeProto, helper
 
     out: dict[str, Any] = {}
     for attr in node.attribute:
+        expected = _ATTRIBUTE_TYPES.get(attr.name)
+        if expected is not None and attr.type != getattr(AttributeProto, expected):
+            got = (
+                AttributeProto.AttributeType.Name(attr.type)
+                if attr.type in (AttributeProto.AttributeType.values())
+                else str(attr.type)
+            )
+            raise SourceError(
+                f"ONNX node {record_name(node)!r} ({node.op_type}): attribute {attr.name!r} "
+                f"has type {got}, the operator needs {expected}: the file is corrupt or not "
+                "valid ONNX"
+            )
         value = helper.get_attribute_value(attr)
         out[attr.name] = value.decode() if isinstance(value, bytes) else value
     return out

@@ -186,6 +186,25 @@ def test_onnx_op_type_that_is_not_an_operator(tmp_path: Path, tiny_onnx: Path) -
     _refused_profile(tmp_path, path, r"op type 'Cnnv', which is not an ONNX operator")
 
 
+@pytest.mark.parametrize(
+    ("attribute", "value"), [("group", ""), ("strides", 2.5), ("transB", "yes")]
+)
+def test_onnx_attribute_of_the_wrong_type(
+    tmp_path: Path, tiny_onnx: Path, attribute: str, value: object
+) -> None:
+    """A Conv/Gemm attribute of the wrong type (a flipped bit made ``group`` an empty string)
+    used to end in a ValueError traceback."""
+    model = onnx.load(str(tiny_onnx))
+    op = "Gemm" if attribute == "transB" else "Conv"
+    node = next(n for n in model.graph.node if n.op_type == op)
+    kept = [a for a in node.attribute if a.name != attribute]
+    del node.attribute[:]
+    node.attribute.extend([*kept, helper.make_attribute(attribute, value)])
+    path = tmp_path / "attr.onnx"
+    onnx.save(model, str(path))
+    _refused_profile(tmp_path, path, rf"attribute '{attribute}' has type \w+, the operator needs")
+
+
 def test_onnx_graph_input_that_nothing_produces(tmp_path: Path, tiny_onnx: Path) -> None:
     model = onnx.load(str(tiny_onnx))
     del model.graph.initializer[0]

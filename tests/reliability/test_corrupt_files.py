@@ -84,14 +84,15 @@ def test_mutated_file(model_dir: Path, name: str) -> None:
 
 @pytest.mark.parametrize(
     "mutation",
-    [("flip", (71,)), ("flip", (211,))],
-    ids=["producer-not-utf8", "newline-in-a-name"],
+    [("flip", (71,)), ("flip", (211,)), ("flip", (896,))],
+    ids=["producer-not-utf8", "newline-in-a-name", "group-attribute-type"],
 )
 def test_mutations_the_slow_run_found(
     model_dir: Path, mutation: tuple[str, tuple[int, ...]]
 ) -> None:
     """Fixed examples from the slow run: a producer name that is not UTF-8 (was a TypeError
-    traceback) and a tensor name with a newline (the refusal spanned two lines)."""
+    traceback), a tensor name with a newline (the refusal spanned two lines), and a Conv's
+    ``group`` attribute turned into an empty STRING (was a ValueError traceback)."""
     check_mutation(model_dir / "tiny.onnx", mutation)
 
 
