@@ -147,6 +147,7 @@ def read_torch_file(
         IndexError,
         TypeError,
         AttributeError,
+        AssertionError,  # e.g. "saved_id must be a tuple, got int" from a flipped bit
         struct.error,
     ) as exc:  # torch's weights-only unpickler raises all of these on garbage bytes
         raise _corrupt(p, "torch", _first_line(exc)) from exc

@@ -83,17 +83,24 @@ def test_mutated_file(model_dir: Path, name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "mutation",
-    [("flip", (71,)), ("flip", (211,)), ("flip", (896,))],
-    ids=["producer-not-utf8", "newline-in-a-name", "group-attribute-type"],
+    ("name", "mutation"),
+    [
+        ("tiny.onnx", ("flip", (71,))),
+        ("tiny.onnx", ("flip", (211,))),
+        ("tiny.onnx", ("flip", (896,))),
+        ("tiny.pt", ("flip", (1408,))),
+    ],
+    ids=["producer-not-utf8", "newline-in-a-name", "group-attribute-type", "pt-saved-id"],
 )
 def test_mutations_the_slow_run_found(
-    model_dir: Path, mutation: tuple[str, tuple[int, ...]]
+    model_dir: Path, name: str, mutation: tuple[str, tuple[int, ...]]
 ) -> None:
-    """Fixed examples from the slow run: a producer name that is not UTF-8 (was a TypeError
-    traceback), a tensor name with a newline (the refusal spanned two lines), and a Conv's
-    ``group`` attribute turned into an empty STRING (was a ValueError traceback)."""
-    check_mutation(model_dir / "tiny.onnx", mutation)
+    """Fixed examples from the slow runs: a producer name that is not UTF-8 (was a TypeError
+    traceback), a tensor name with a newline (the refusal spanned two lines), a Conv's
+    ``group`` attribute turned into an empty STRING (was a ValueError traceback), and a .pt
+    whose pickle makes torch's weights-only unpickler fail an assert (was an AssertionError
+    traceback)."""
+    check_mutation(_files(model_dir)[name], mutation)
 
 
 @pytest.mark.assets
