@@ -614,14 +614,19 @@ class _Runner:
         loaded = LoadedModel(
             source="fit", format="torch", module=self.model, input_shape=self.data.input_shape
         )
+        from entropy_probe.patterns.pattern import Quantity, layer_value
+
         with torch.random.fork_rng(devices=[]):
             prof = profile_loaded(loaded, device=str(self.device), progress=False)
+        # a BatchNorm folded into its layer is counted in that layer's values
         return {
             layer.name: {
                 "delta_h_per_dim": _finite(layer.delta_h_per_dim),
                 "spectral_shape": _finite(layer.spectral_shape),
+                "shape_excess": layer_value(layer, Quantity.SHAPE_EXCESS),
             }
             for layer in prof.analysed
+            if not layer.folded_into
         }
 
 

@@ -68,6 +68,10 @@ def test_default_model_on_a_digit_folder(tmp_path: Path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["metric"] > 0.3  # 24 held-out digits; chance 0.1
     assert set(rows[0]["entropy"]) >= {"features.0", "classifier.3"}
+    assert "features.1" not in rows[0]["entropy"]  # its BatchNorm, folded into features.0
+    conv = rows[0]["entropy"]["features.4"]  # features.0's 8×1 first tap has one σ: no shape
+    assert set(conv) == {"delta_h_per_dim", "spectral_shape", "shape_excess"}
+    assert conv["shape_excess"] is not None and conv["shape_excess"] < 0.5
     for name in ("profile_before.json", "profile_after.json"):
         profile = json.loads((out / name).read_text())
         assert profile["schema"] == PROFILE_SCHEMA

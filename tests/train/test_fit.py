@@ -59,7 +59,8 @@ def test_entropy_logging_does_not_change_the_weights():
     assert plain.history[0].entropy is None
     entropy = logged.history[0].entropy
     assert entropy is not None and set(entropy) == {"1", "4"}
-    assert all(set(v) == {"delta_h_per_dim", "spectral_shape"} for v in entropy.values())
+    keys = {"delta_h_per_dim", "spectral_shape", "shape_excess"}
+    assert all(set(v) == keys for v in entropy.values())
 
 
 def test_resume_after_an_interruption_gives_bitwise_the_same_weights(tmp_path: Path):
