@@ -12,6 +12,14 @@ from collections.abc import Sequence
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first non-blank line of an exception's message (at most ``limit`` characters), or
+    its type name when the message is empty: what a one-line error quotes of a library's."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line[:limit] if limit is not None else line
+
+
 def one_line(message: str) -> str:
     """A message as one line: control characters (from names inside a damaged or hostile
     file, say) are shown escaped, as ``\\n`` or ``\\x07``."""

@@ -48,7 +48,7 @@ from entropy_probe.empirical.estimators import (
     projection_dims,
 )
 from entropy_probe.enums import Status
-from entropy_probe.errors import EntropyProbeError, ShapeError, SourceError
+from entropy_probe.errors import EntropyProbeError, ShapeError, SourceError, first_line
 from entropy_probe.loading._base import LoadedModel
 from entropy_probe.walk.hooks import forward_hooks
 from entropy_probe.walk.module_walker import first_tensor
@@ -505,8 +505,7 @@ def _capture_module(
                     model(batch)
                 except Exception as exc:
                     raise ShapeError(
-                        f"the forward pass on the data failed: "
-                        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                        f"the forward pass on the data failed: {first_line(exc)}"
                     ) from exc
                 bar.update(int(batch.shape[0]))
     finally:
@@ -650,9 +649,7 @@ def _capture_onnx(
             try:
                 outs = session.run(wanted, {input_name: feed})
             except Exception as exc:
-                raise ShapeError(
-                    f"onnxruntime failed on the data: {str(exc).splitlines()[0]}"
-                ) from exc
+                raise ShapeError(f"onnxruntime failed on the data: {first_line(exc)}") from exc
             b = int(batch.shape[0])
             store.begin_batch(start, b, first=start == 0)
             arrays = dict(zip(wanted, outs, strict=True))

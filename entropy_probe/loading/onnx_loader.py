@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from entropy_probe.errors import ShapeError, SourceError
+from entropy_probe.errors import ShapeError, SourceError, first_line
 from entropy_probe.loading._base import LoadedModel, Loader, LoadOptions, Shape
 
 __all__ = ["OnnxLoader", "first_real_input", "per_sample_dims"]
@@ -114,11 +114,9 @@ def read_onnx(path: Path) -> Any:
 
 
 def _short_reason(exc: Exception) -> str:
-    name = type(exc).__name__
-    if name == "DecodeError":
+    if type(exc).__name__ == "DecodeError":
         return "the protobuf data is corrupt or truncated"
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else name
-    return text[:160]
+    return first_line(exc, 160)
 
 
 def _all_tensors(graph: Any) -> Iterator[Any]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from entropy_probe.errors import SourceError, UnknownNameError
+from entropy_probe.errors import SourceError, UnknownNameError, first_line
 from entropy_probe.loading._base import LoadedModel, Loader, LoadOptions
 from entropy_probe.loading.torch_file import load_into, read_weights
 
@@ -142,8 +142,7 @@ class TimmLoader(Loader):
             model = timm.create_model(arch, pretrained=False, **kwargs)
         except (TypeError, ValueError, KeyError, AssertionError, RuntimeError) as exc:
             raise SourceError(
-                f"{path}/config.json does not describe a valid {arch}: "
-                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                f"{path}/config.json does not describe a valid {arch}: {first_line(exc)}"
             ) from exc
         saved_cfg = cfg.get("pretrained_cfg")
         saved_size = saved_cfg.get("input_size") if isinstance(saved_cfg, dict) else None

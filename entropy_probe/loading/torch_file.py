@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from entropy_probe.errors import SourceError
+from entropy_probe.errors import SourceError, first_line
 from entropy_probe.loading._base import LoadedModel, Loader, LoadOptions
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -35,11 +35,6 @@ def existing_file(path: str | Path) -> Path:
     if p.stat().st_size == 0:
         raise SourceError(f"{p} is empty (0 bytes)")
     return p
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:160] if text else type(exc).__name__
 
 
 def sniff_format(path: Path) -> str | None:
@@ -134,7 +129,7 @@ def read_torch_file(
             obj = _torch_load(p, weights_only=False)
         except Exception as inner:  # the pickle names code that is not importable here
             raise SourceError(
-                f"--trust-pickle: unpickling {p} failed: {str(inner).splitlines()[0]}. The "
+                f"--trust-pickle: unpickling {p} failed: {first_line(inner)}. The "
                 "pickle needs the Python classes it was saved from; save a state_dict instead."
             ) from inner
     except (
@@ -150,7 +145,7 @@ def read_torch_file(
         AssertionError,  # e.g. "saved_id must be a tuple, got int" from a flipped bit
         struct.error,
     ) as exc:  # torch's weights-only unpickler raises all of these on garbage bytes
-        raise _corrupt(p, "torch", _first_line(exc)) from exc
+        raise _corrupt(p, "torch", first_line(exc, 160)) from exc
     if isinstance(obj, nn.Module):
         return obj
     return _unwrap(obj, p)
@@ -165,7 +160,7 @@ def read_safetensors(path: str | Path) -> dict[str, Tensor]:
         state: dict[str, Tensor] = load_file(str(p), device="cpu")
         return state
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise _corrupt(p, "safetensors", _first_line(exc)) from exc
+        raise _corrupt(p, "safetensors", first_line(exc, 160)) from exc
 
 
 def read_weights(path: str | Path, *, trust_pickle: bool = False) -> dict[str, Tensor]:

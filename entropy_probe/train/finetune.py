@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from entropy_probe._io import atomic_write_bytes, atomic_write_text
-from entropy_probe.errors import EntropyProbeError, SourceError
+from entropy_probe.errors import EntropyProbeError, SourceError, first_line
 from entropy_probe.loading import DEFAULT_SOURCE, LoadedModel, LoadOptions, load_model
 from entropy_probe.train.checkpoint import RunLock, list_checkpoints, safe_path
 from entropy_probe.train.data import TaskData, as_task_data, match_input
@@ -88,9 +88,8 @@ def onnx_to_torch(loaded: LoadedModel) -> nn.Module:
             warnings.simplefilter("ignore")
             module: nn.Module = convert(model)
     except Exception as exc:  # onnx2torch raises bare KeyError/NotImplementedError on gaps
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SourceError(
-            f"onnx2torch cannot convert {loaded.source} for training: {first}"
+            f"onnx2torch cannot convert {loaded.source} for training: {first_line(exc)}"
         ) from None
     # onnx2torch reads a MatMul's weight (and the bias added after it) from buffers: without
     # this, fine-tuning would never update a MatMul classifier head or a transformer's weights
@@ -120,7 +119,7 @@ def _try_forward(module: nn.Module, x: torch.Tensor) -> tuple[Any, str | None]:
             warnings.simplefilter("ignore")
             return module(x), None
     except Exception as exc:  # any model error: reported, never hidden
-        return None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return None, first_line(exc)
     finally:
         module.train(was)
 
@@ -249,10 +248,9 @@ def _export_onnx(loaded: LoadedModel, module: nn.Module, data: TaskData, path: P
                 dynamic_axes={name: {0: "batch"}, "output": {0: "batch"}},
             )
     except Exception as exc:  # torch.onnx raises many kinds; the user gets one line
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise EntropyProbeError(
-            f"exporting the fine-tuned model back to ONNX failed: {first} (model.safetensors "
-            "holds the weights)"
+            f"exporting the fine-tuned model back to ONNX failed: {first_line(exc)} "
+            "(model.safetensors holds the weights)"
         ) from None
     finally:
         module.train(was)

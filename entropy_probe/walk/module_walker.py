@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from entropy_probe.enums import LayerKind, Status
-from entropy_probe.errors import ShapeError, SourceError
+from entropy_probe.errors import ShapeError, SourceError, first_line
 from entropy_probe.plugins import PluginRegistry
 from entropy_probe.walk.hooks import forward_hooks
 from entropy_probe.walk.records import BatchNormParams, LayerRecord, Shape
@@ -195,7 +195,7 @@ def walk_module(
             where = f" after layer {trace.last_name!r}" if trace.last_name else ""
             raise ShapeError(
                 f"the forward pass with input shape {tuple(example.shape[1:])} failed{where}: "
-                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}. "
+                f"{first_line(exc)}. "
                 "Check --input-shape C,H,W."
             ) from exc
 
