@@ -17,7 +17,7 @@ Conventions
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -139,37 +139,48 @@ _POWER_STEPS = 8  # power iterations for the σ_min and σ_max estimates
 _SAFETY = 2.0  # how far the estimated σ_min must clear the threshold
 
 
-def _sigma_max_estimate(gram: Tensor) -> Tensor:
-    """sqrt(λ_max(G)) by power iteration from a seeded start (k² per step): σ_max(A), from
-    below, typically within a few % (the rigorous row-sum bound is often 2× too high)."""
-    gen = torch.Generator(device=gram.device).manual_seed(1)
-    x = torch.randn((*gram.shape[:-1], 1), generator=gen, dtype=gram.dtype, device=gram.device)
-    value = torch.zeros(gram.shape[:-2], dtype=torch.float64, device=gram.device)
+def _power_iteration(
+    like: Tensor, step: Callable[[Tensor], tuple[Tensor, Tensor]], seed: int
+) -> Tensor:
+    """``_POWER_STEPS`` power iterations over a batch of k×k operators shaped like ``like``,
+    from a random start seeded with ``seed``: ``step(x)`` (x of unit norm) returns the next
+    iterate and the value it measured; the last value is returned, shape ``like.shape[:-2]``."""
+    gen = torch.Generator(device=like.device).manual_seed(seed)
+    x = torch.randn((*like.shape[:-1], 1), generator=gen, dtype=like.dtype, device=like.device)
+    value = torch.zeros(like.shape[:-2], dtype=torch.float64, device=like.device)
     for _ in range(_POWER_STEPS):
-        x = gram @ (x / torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True))
-        value = torch.linalg.vector_norm(x, dim=(-2, -1))
-    return value.sqrt()
+        x, value = step(x / torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True))
+    return value
+
+
+def _sigma_max_estimate(gram: Tensor) -> Tensor:
+    """sqrt(λ_max(G)) by power iteration (k² per step): σ_max(A), from below, typically within
+    a few % (the rigorous row-sum bound is often 2× too high)."""
+
+    def step(x: Tensor) -> tuple[Tensor, Tensor]:
+        y = gram @ x
+        return y, torch.linalg.vector_norm(y, dim=(-2, -1))
+
+    return _power_iteration(gram, step, seed=1).sqrt()
 
 
 def _clears(tri: Tensor, floor: Tensor, *, upper: bool) -> Tensor:
     """Whether σ_min(T) clears ``floor`` for each triangular T, by a condition estimate.
 
     A pivot alone says nothing: a triangular matrix can have large pivots and a tiny σ_min
-    (Kahan's matrix). ``_POWER_STEPS`` power iterations on T⁻ᴴT⁻¹ from a seeded random start
-    (two triangular solves with one right-hand side each, O(k²), where an exact ‖T⁻¹‖_F would
-    cost a k³ inverse) give ‖T⁻¹x‖ ≤ ‖T⁻¹‖₂ = 1/σ_min; requiring 1/‖T⁻¹x‖ > ``_SAFETY``·floor
-    (with σ_max from :func:`_sigma_max_estimate` in ``floor``) absorbs the power method's
-    errors, as LAPACK's condition estimators do. NaN or a zero pivot: does not clear.
+    (Kahan's matrix). Power iterations on T⁻ᴴT⁻¹ (two triangular solves with one right-hand
+    side each, O(k²), where an exact ‖T⁻¹‖_F would cost a k³ inverse) give
+    ‖T⁻¹x‖ ≤ ‖T⁻¹‖₂ = 1/σ_min; requiring 1/‖T⁻¹x‖ > ``_SAFETY``·floor (with σ_max from
+    :func:`_sigma_max_estimate` in ``floor``) absorbs the power method's errors, as LAPACK's
+    condition estimators do. NaN or a zero pivot: does not clear.
     """
-    gen = torch.Generator(device=tri.device).manual_seed(0)
-    x = torch.randn((*tri.shape[:-1], 1), generator=gen, dtype=tri.dtype, device=tri.device)
-    growth = torch.zeros(tri.shape[:-2], dtype=torch.float64, device=tri.device)
-    for _ in range(_POWER_STEPS):
-        x = x / torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True)
+
+    def step(x: Tensor) -> tuple[Tensor, Tensor]:
         y = torch.linalg.solve_triangular(tri, x, upper=upper)  # T⁻¹x
-        growth = torch.linalg.vector_norm(y, dim=(-2, -1))
-        x = torch.linalg.solve_triangular(tri.mH, y, upper=not upper)  # T⁻ᴴT⁻¹x
-    return growth * _SAFETY * floor < 1
+        next_x = torch.linalg.solve_triangular(tri.mH, y, upper=not upper)  # T⁻ᴴT⁻¹x
+        return next_x, torch.linalg.vector_norm(y, dim=(-2, -1))
+
+    return _power_iteration(tri, step, seed=0) * _SAFETY * floor < 1
 
 
 _GRAM_LEAF = 256  # below this many rows one matmul is as fast as the blocked product
