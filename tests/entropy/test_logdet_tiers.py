@@ -26,6 +26,19 @@ def _forbid(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     monkeypatch.setattr(F, name, refuse)
 
 
+def _count_svd_rows(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Patch the SVD tier to record how many matrices each call decomposed (and still run)."""
+    rows: list[int] = []
+    svd = F._svd_sum_log
+
+    def spy(A: torch.Tensor, tol: float) -> torch.Tensor:
+        rows.append(A.shape[0])
+        return svd(A, tol)
+
+    monkeypatch.setattr(F, "_svd_sum_log", spy)
+    return rows
+
+
 @pytest.mark.parametrize("k", [1, 255, 256, 257, 300, 513, 1024])
 @pytest.mark.parametrize("complex_", [False, True])
 def test_blocked_gram_equals_one_matmul(k: int, complex_: bool) -> None:
@@ -77,20 +90,13 @@ def test_qr_tier_keeps_digits_the_gram_loses() -> None:
 
 
 def test_rank_deficient_reaches_the_svd_and_is_minus_inf(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[tuple[int, ...]] = []
-    svd = F._svd_sum_log
-
-    def spy(A: torch.Tensor, tol: float) -> torch.Tensor:
-        calls.append(tuple(A.shape))
-        return svd(A, tol)
-
-    monkeypatch.setattr(F, "_svd_sum_log", spy)
+    svd_rows = _count_svd_rows(monkeypatch)
     A = randn(3, 6, 2, seed=2) @ randn(3, 2, 6, seed=3)  # rank 2 in a 6×6 matrix
     A[1] = with_singular_values([3.0, 2.0, 1.0, 1.0, 0.5, 0.1], 6, 6, seed=4)
     out = F.sum_log_singular_values(A)
     assert out[0] == -math.inf and out[2] == -math.inf
     assert out[1] == pytest.approx(math.log(3 * 2 * 0.5 * 0.1), abs=1e-10)
-    assert calls and sum(shape[0] for shape in calls) == 2  # only the two deficient ones
+    assert sum(svd_rows) == 2  # only the two deficient ones
 
 
 def test_qr_tier_gradient_is_the_inverse_transpose(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -110,14 +116,7 @@ def test_random_square_float32_layers_get_the_svd_verdict(monkeypatch: pytest.Mo
     gen = torch.Generator().manual_seed(0)
     mats = torch.randn(8, 512, 512, generator=gen) / 48
     expected = F.sum_log_singular_values(mats, "svd")
-    svd_rows: list[int] = []
-    svd = F._svd_sum_log
-
-    def spy(A: torch.Tensor, tol: float) -> torch.Tensor:
-        svd_rows.append(A.shape[0])
-        return svd(A, tol)
-
-    monkeypatch.setattr(F, "_svd_sum_log", spy)
+    svd_rows = _count_svd_rows(monkeypatch)
     got = F.sum_log_singular_values(mats)
     assert torch.equal(torch.isinf(got), torch.isinf(expected))
     assert 0 < int(torch.isinf(expected).sum()) < 8
@@ -171,21 +170,14 @@ def test_verdict_near_the_rank_threshold_is_the_svds(
     tol = 50 * torch.finfo(torch.float32).eps
     sv = [*torch.logspace(0, -2, 49, dtype=F64).tolist(), factor * tol]
     A = with_singular_values(sv, 50, 50, seed=int(factor * 10))
-    svd_calls: list[int] = []
-    svd = F._svd_sum_log
-
-    def spy(M: torch.Tensor, t: float) -> torch.Tensor:
-        svd_calls.append(M.shape[0])
-        return svd(M, t)
-
-    monkeypatch.setattr(F, "_svd_sum_log", spy)
+    svd_rows = _count_svd_rows(monkeypatch)
     got = float(F.sum_log_singular_values(A, tolerance_dtype=torch.float32))
     if factor < 1:
         assert got == -math.inf
     else:
         assert got == pytest.approx(sum(map(math.log, sv)), abs=1e-8)
     if factor >= 100:
-        assert not svd_calls
+        assert not svd_rows
 
 
 @pytest.mark.parametrize(("k", "length"), [(256, 256), (128, 512), (64, 64)])
