@@ -317,24 +317,22 @@ def summarise(rows: list[Row]) -> dict[str, object]:
             if v is not None:
                 by_stage.setdefault(row.stage, []).append(v)
         pos = by_stage.get("trained", [])
+
         # controls: the rescaled init must score like the init it came from; the BN rescale
         # must leave the trained network's score where it was
-        rescale_gap = [
-            abs((value(r, key) or 0.0) - (value(i, key) or 0.0))
-            for r in rows
-            if r.stage == "rescaled_init"
-            for i in rows
-            if i.stage == "init" and i.group == r.group and i.seed == r.seed
-            if value(r, key) is not None and value(i, key) is not None
-        ]
-        bn_gap = [
-            abs((value(b, key) or 0.0) - (value(t, key) or 0.0))
-            for b in rows
-            if b.stage == "bn_rescaled"
-            for t in rows
-            if t.stage == "trained" and t.group == b.group and t.seed == b.seed
-            if value(b, key) is not None and value(t, key) is not None
-        ]
+        def gaps(stage: str, partner: str, key: str = key) -> list[float]:
+            """|score difference| of each ``stage`` row and the ``partner`` row of its run."""
+            return [
+                abs((value(r, key) or 0.0) - (value(o, key) or 0.0))
+                for r in rows
+                if r.stage == stage
+                for o in rows
+                if o.stage == partner and o.group == r.group and o.seed == r.seed
+                if value(r, key) is not None and value(o, key) is not None
+            ]
+
+        rescale_gap = gaps("rescaled_init", "init")
+        bn_gap = gaps("bn_rescaled", "trained")
         designs[key] = {
             "within_architecture_auc_trained_vs_init": paired_auc(rows, key, value, "init"),
             "within_architecture_auc_trained_vs_partial": paired_auc(rows, key, value, "partial"),
