@@ -92,6 +92,11 @@ def guess_family(profile: Profile, families: list[str]) -> tuple[str, str]:
     return fallback, f"{why}; no {wanted} family exists, nearest is {fallback}"
 
 
+def _known(library: ReferenceLibrary) -> list[str]:
+    """Every name ``--reference`` accepts: auto, the families and the references."""
+    return sorted([AUTO, *library.families, *(r.name for r in library.references)])
+
+
 def resolve_band(
     reference: str,
     profile: Profile,
@@ -114,8 +119,7 @@ def resolve_band(
         single = library.get(reference)
         return family_band(single.name, [single], quantity), f"reference {single.name}"
     else:
-        valid = sorted([AUTO, *families, *(r.name for r in library.references)])
-        raise unknown_name("reference", reference, valid, listing="known")
+        raise unknown_name("reference", reference, _known(library), listing="known")
     members = library.family(family, exclude=exclude)
     return family_band(family, members, quantity), picked
 
@@ -160,9 +164,11 @@ def resolve_pattern(
     if any(r.name == reference for r in library.references):
         return library.get(reference).pattern(quantity)
     if ":" not in reference and reference != "default" and not Path(reference).exists():
-        valid = sorted([AUTO, *library.families, *(r.name for r in library.references)])
         raise unknown_name(
-            "reference (family, reference name or checkpoint)", reference, valid, listing="known"
+            "reference (family, reference name or checkpoint)",
+            reference,
+            _known(library),
+            listing="known",
         )
     if profile_source is None:
         from entropy_probe.api import profile as profile_source_default
