@@ -1,4 +1,5 @@
-"""The three tiers of ``sum_log_singular_values``: Cholesky of the Gram, QR, SVD.
+"""The tiers of ``sum_log_singular_values``: Cholesky of the Gram (trusted by a condition
+estimate or, near the rank threshold, by the Gram's eigenvalues), QR, SVD.
 
 Each tier is checked against matrices with known singular values (random orthogonal factors
 around a chosen diagonal, so Σ log σ is exact by construction), and the tests assert which
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from entropy_probe.entropy import functional as F
+from entropy_probe.entropy import logdet as L
 
 from .test_functional import randn, with_singular_values
 
@@ -23,19 +25,19 @@ def _forbid(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError(f"{name} was called")
 
-    monkeypatch.setattr(F, name, refuse)
+    monkeypatch.setattr(L, name, refuse)
 
 
 def _count_svd_rows(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Patch the SVD tier to record how many matrices each call decomposed (and still run)."""
     rows: list[int] = []
-    svd = F._svd_sum_log
+    svd = L._svd_sum_log
 
     def spy(A: torch.Tensor, tol: float) -> torch.Tensor:
         rows.append(A.shape[0])
         return svd(A, tol)
 
-    monkeypatch.setattr(F, "_svd_sum_log", spy)
+    monkeypatch.setattr(L, "_svd_sum_log", spy)
     return rows
 
 
@@ -46,14 +48,14 @@ def test_blocked_gram_equals_one_matmul(k: int, complex_: bool) -> None:
     if complex_:
         rows = torch.complex(rows, randn(2, k, 40, seed=k + 1))
     expected = rows @ rows.mH
-    got = F._row_gram(rows)
+    got = L._row_gram(rows)
     torch.testing.assert_close(got, expected, rtol=1e-13, atol=1e-12)
 
 
 def test_blocked_gram_gradient_matches_one_matmul() -> None:
     rows = randn(300, 7, seed=3).requires_grad_(True)
     weights = randn(300, 300, seed=4)
-    (grad_blocked,) = torch.autograd.grad((F._row_gram(rows) * weights).sum(), rows)
+    (grad_blocked,) = torch.autograd.grad((L._row_gram(rows) * weights).sum(), rows)
     (grad_plain,) = torch.autograd.grad(((rows @ rows.mT) * weights).sum(), rows)
     torch.testing.assert_close(grad_blocked, grad_plain, rtol=1e-12, atol=1e-10)
 
@@ -109,20 +111,35 @@ def test_qr_tier_gradient_is_the_inverse_transpose(monkeypatch: pytest.MonkeyPat
 
 
 def test_random_square_float32_layers_get_the_svd_verdict(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Random-init 512×512 float32 first taps (ResNet-50's last stage) are ill-conditioned
-    # enough to fail the Cholesky floor; a few are rank deficient by numpy's rule
-    # (σ_min ≤ 512·eps32·σ_max). The QR tier settles the ones it finds clearly full rank and the
-    # SVD the rest: the verdicts and values are the SVD's.
+    # Random-init 512×512 float32 first taps (ResNet-50's last stage): σ_min sits within a
+    # few × of numpy's threshold 512·eps32·σ_max (here 0.18× to 18×), where the condition
+    # estimate cannot decide. Far above the Gram's rounding, its eigenvalues do: the verdicts
+    # and values are the SVD's, with neither a QR nor an SVD.
     gen = torch.Generator().manual_seed(0)
     mats = torch.randn(8, 512, 512, generator=gen) / 48
     expected = F.sum_log_singular_values(mats, "svd")
-    svd_rows = _count_svd_rows(monkeypatch)
+    _forbid(monkeypatch, "_qr_sum_log")
+    _forbid(monkeypatch, "_svd_sum_log")
     got = F.sum_log_singular_values(mats)
     assert torch.equal(torch.isinf(got), torch.isinf(expected))
     assert 0 < int(torch.isinf(expected).sum()) < 8
     finite = torch.isfinite(expected)
     torch.testing.assert_close(got[finite], expected[finite], rtol=1e-10, atol=1e-8)
-    assert sum(svd_rows) < 8  # the clear ones skipped the SVD
+
+
+def test_eigenvalue_verdict_is_not_tried_where_rounding_hides_the_threshold(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # float64 tolerance (~2e-15 relative) lies far under the Gram's rounding: only the QR can
+    # settle an ill-conditioned matrix there, so no eigensolver time is spent on it.
+    sv = [1.0, 1e-4, 1e-9]
+    A = with_singular_values(sv, 3, 3, seed=13)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("eigvalsh was called")
+
+    monkeypatch.setattr(torch.linalg, "eigvalsh", refuse)
+    assert float(F.sum_log_singular_values(A)) == pytest.approx(sum(map(math.log, sv)), abs=1e-6)
 
 
 def kahan(k: int, theta: float) -> torch.Tensor:
@@ -160,13 +177,14 @@ def test_exactly_singular_members_leave_finite_gradients() -> None:
         assert bool((grad[0] == 0).all())
 
 
-@pytest.mark.parametrize("factor", [0.5, 0.9, 1.1, 3.0, 100.0])
+@pytest.mark.parametrize("factor", [0.5, 0.9, 0.999, 1.001, 1.1, 3.0, 100.0])
 def test_verdict_near_the_rank_threshold_is_the_svds(
     monkeypatch: pytest.MonkeyPatch, factor: float
 ) -> None:
     # 50×50 float64 matrices judged at float32 precision: tol = 50·eps32. σ_min = factor·tol·σ_max,
     # the other singular values spread over [0.01, 1]. Below the threshold −inf, above it the
-    # exact value; only near it (within the 2× safety margin) may the SVD be needed.
+    # exact value; only near it (within the 2× safety margin, or within the eigenvalues'
+    # rounding for 0.999 and 1.001) may the SVD be needed.
     tol = 50 * torch.finfo(torch.float32).eps
     sv = [*torch.logspace(0, -2, 49, dtype=F64).tolist(), factor * tol]
     A = with_singular_values(sv, 50, 50, seed=int(factor * 10))
