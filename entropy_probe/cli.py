@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import stat
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from entropy_probe import __version__
-from entropy_probe._io import atomic_write_text
+from entropy_probe._io import atomic_write_text, refuse_overwriting_inputs
 from entropy_probe.cli_errors import friendly_errors as _friendly_errors
 from entropy_probe.entropy.profile import LayerEntropy, Profile
 from entropy_probe.enums import ConvMethod, Status
@@ -177,9 +178,28 @@ def _model_options(
     return apply
 
 
+_NEEDS_DATA = ("samples", "batch_size", "estimator", "k")
+
+
 def _run_profile(opts: dict[str, Any]) -> Profile:
     from entropy_probe.api import profile as run_profile
 
+    if opts.get("data") is None:
+        ctx = click.get_current_context(silent=True)
+        given = [
+            name
+            for name in _NEEDS_DATA
+            if ctx is not None
+            and name in opts
+            and ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+        ]
+        if given:
+            shown = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise EntropyProbeError(
+                f"{shown} only appl{'ies' if len(given) == 1 else 'y'} to measured entropy: "
+                "add --data NAME|DIR|FILE.npy "
+                "(e.g. --data nuclei), or leave them out"
+            )
     return run_profile(
         opts["source"],
         weights=opts["weights"],
@@ -221,6 +241,8 @@ def _run_profile(opts: dict[str, Any]) -> Profile:
 )
 @_friendly_errors
 def profile(json_path: str | None, all_layers: bool, **opts: Any) -> None:
+    if json_path is not None:
+        check_output_path("--json", json_path, opts)
     result = _run_profile(opts)
     if json_path:
         write_json_option(result.to_dict(), json_path, announce=False)
@@ -229,6 +251,21 @@ def profile(json_path: str | None, all_layers: bool, **opts: Any) -> None:
     _print_profile(result, all_layers=all_layers)
     if json_path:
         click.echo(f"wrote {json_path}", err=True)
+
+
+def check_output_path(option: str, path: str, opts: dict[str, Any]) -> None:
+    """Before any work: refuse an empty output path, or one that is an input of this run
+    (SOURCE, --weights or --data: writing it would destroy the input)."""
+    if not path.strip():
+        raise EntropyProbeError(
+            f"{option} needs a file name (got an empty one); - writes to stdout"
+        )
+    if path != "-":
+        inputs = [(label, opts.get(key)) for label, key in _INPUT_OPTIONS]
+        refuse_overwriting_inputs(option, path, inputs)
+
+
+_INPUT_OPTIONS = (("SOURCE", "source"), ("--weights", "weights"), ("--data", "data"))
 
 
 def write_json_option(data: dict[str, Any], json_path: str, *, announce: bool = True) -> None:
@@ -265,7 +302,7 @@ def write_json_option(data: dict[str, Any], json_path: str, *, announce: bool = 
     type=click.Path(),
     default="entropy_report.html",
     show_default=True,
-    help="Where to write the HTML report (written atomically: never a partial file).",
+    help="Where to write the HTML report (written atomically: never a partial file); - for stdout.",
 )
 @click.option(
     "--reference",
@@ -278,8 +315,9 @@ def write_json_option(data: dict[str, Any], json_path: str, *, announce: bool = 
 )
 @_friendly_errors
 def report(output: str, reference_name: str, **opts: Any) -> None:
-    from entropy_probe.report import write_report
+    from entropy_probe.report import render_report, write_report
 
+    check_output_path("-o", output, opts)
     target = Path(output)
     if target.is_dir():
         raise EntropyProbeError(f"-o {output}: is a directory; give a file such as report.html")
@@ -298,13 +336,22 @@ def report(output: str, reference_name: str, **opts: Any) -> None:
             if reference_name != AUTO:
                 raise
             click.echo(f"note: no comparison in the report: {exc}", err=True)
-    try:
-        write_report(result, target, comparison=comparison)
-    except OSError as exc:
-        raise EntropyProbeError(f"cannot write {output}: {exc.strerror or exc}") from None
-    click.echo(f"wrote {output} ({target.stat().st_size / 1024:.0f} KiB)", err=True)
+    if output == "-":
+        click.echo(render_report(result, comparison=comparison), nl=False)
+    else:
+        try:
+            write_report(result, target, comparison=comparison)
+        except OSError as exc:
+            raise EntropyProbeError(f"cannot write {output}: {exc.strerror or exc}") from None
+        click.echo(f"wrote {output} ({_size_kib(target)})", err=True)
     if comparison is not None:
         click.echo(f"{comparison.verdict()} ({comparison.picked})", err=True)
+
+
+def _size_kib(path: Path) -> str:
+    """The size of a written file, or what it is when it has none (``-o /dev/null``)."""
+    info = path.stat()
+    return f"{info.st_size / 1024:.0f} KiB" if stat.S_ISREG(info.st_mode) else "not a file"
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:

@@ -106,6 +106,11 @@ def load_inputs(
         picked = _subset(len(arr), samples, seed)
         inputs = arr[torch.as_tensor(picked)].detach().to("cpu", torch.float32)
         return InputData(_finite(inputs, "the data"), f"{len(inputs)} given samples")
+    if not str(data).strip():
+        raise SourceError(
+            "--data is empty: give a built-in dataset (mnist5k, digits, nuclei), an image "
+            "folder or a .npy file"
+        )
     path = Path(data).expanduser()
     if path.is_dir():
         return _image_folder(path, shape, loaded, samples, seed)

@@ -248,14 +248,9 @@ def compute_profile(
         except (UnknownNameError, UnsupportedLayerError) as exc:
             finished[index] = replace(base, status=Status.SKIPPED, reason=str(exc))
             continue
-        non_finite = _non_finite(record, by_name)
-        if non_finite:
-            finished[index] = replace(
-                base,
-                status=Status.SKIPPED,
-                reason=f"{non_finite} holds NaN or Inf values: the checkpoint is corrupt or "
-                "diverged; nothing can be computed from it",
-            )
+        unusable = _unusable(record, by_name)
+        if unusable:
+            finished[index] = replace(base, status=Status.SKIPPED, reason=unusable)
             continue
         weight = record.weight
         bn = (
@@ -379,8 +374,10 @@ def _positions(rule: LayerRule, record: LayerRecord) -> int | None:
     return positions * record.calls if positions is not None else None
 
 
-def _non_finite(record: LayerRecord, by_name: dict[str, LayerRecord]) -> str:
-    """Which tensor of the layer (or of the BatchNorm folded into it) is not finite, or ''."""
+def _layer_tensors(
+    record: LayerRecord, by_name: dict[str, LayerRecord]
+) -> list[tuple[str, Tensor]]:
+    """(label, tensor) of the layer's weight and of its (or its folded) BatchNorm's."""
     tensors: list[tuple[str, Tensor | None]] = [("the weight", record.weight)]
     bns = [record.batchnorm]
     if record.folded_batchnorm in by_name:
@@ -388,9 +385,22 @@ def _non_finite(record: LayerRecord, by_name: dict[str, LayerRecord]) -> str:
     for bn in bns:
         if bn is not None:
             tensors += [("the BatchNorm variance", bn.running_var), ("the BatchNorm γ", bn.weight)]
-    for label, tensor in tensors:
-        if tensor is not None and tensor.is_floating_point() and not _all_finite(tensor):
-            return label
+    return [(label, tensor) for label, tensor in tensors if tensor is not None]
+
+
+def _unusable(record: LayerRecord, by_name: dict[str, LayerRecord]) -> str:
+    """Why nothing can be computed from the layer's tensors, or '' when something can."""
+    for label, tensor in _layer_tensors(record, by_name):
+        if tensor.numel() == 0:
+            return (
+                f"{label} is empty (shape {tuple(tensor.shape)}): a layer without units "
+                "has no entropy change to compute"
+            )
+        if tensor.is_floating_point() and not _all_finite(tensor):
+            return (
+                f"{label} holds NaN or Inf values: the checkpoint is corrupt or diverged; "
+                "nothing can be computed from it"
+            )
     return ""
 
 

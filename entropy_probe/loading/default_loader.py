@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from entropy_probe.errors import SourceError
 from entropy_probe.loading._base import LoadedModel, Loader, LoadOptions
 
 
@@ -12,6 +13,11 @@ class DefaultLoader(Loader):
     def load(self, ident: str, options: LoadOptions) -> LoadedModel:
         from entropy_probe.default_model import DEFAULT_MODEL_INFO, load_default_model
 
+        if ident:
+            raise SourceError(
+                f"default:{ident}: the embedded default model takes no name; use 'default' "
+                "(or give no SOURCE)"
+            )
         info = DEFAULT_MODEL_INFO
         return LoadedModel(
             source="default",

@@ -55,6 +55,14 @@ class OnnxLoader(Loader):
                         f" dims, but the ONNX input '{inp.name}' has {len(dims)} per sample"
                         f" ({_fmt(dims)})"
                     )
+                fixed = [(i, d) for i, d in enumerate(dims or ()) if d is not None]
+                if any(int(options.input_shape[i]) != d for i, d in fixed):
+                    raise ShapeError(
+                        f"--input-shape {_fmt(options.input_shape)} does not fit the ONNX input"
+                        f" '{inp.name}' ({_fmt(dims or ())} per sample): its export fixed "
+                        + ", ".join(f"dim {i + 1} to {d}" for i, d in fixed)
+                        + "; only dims left dynamic can be chosen"
+                    )
                 input_shape = tuple(int(d) for d in options.input_shape)
             elif dims is not None and all(d is not None for d in dims):
                 input_shape = tuple(int(d) for d in dims if d is not None)

@@ -131,8 +131,13 @@ class TimmLoader(Loader):
     def _load_dir(self, timm: Any, path: Path, options: LoadOptions) -> LoadedModel:
         cfg = read_config(path)
         arch = cfg.get("architecture")
-        if not isinstance(arch, str):
+        if arch is None:
             raise SourceError(f"{path}/config.json has no 'architecture': not a timm directory")
+        if not isinstance(arch, str) or not arch:
+            raise SourceError(
+                f"{path}/config.json: 'architecture' must be a timm model name such as "
+                f"\"resnet18\", got {json.dumps(arch)}"
+            )
         _check_name(timm, arch)
         raw_args = cfg.get("model_args")
         model_args: dict[str, Any] = raw_args if isinstance(raw_args, dict) else {}

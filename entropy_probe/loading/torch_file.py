@@ -91,9 +91,10 @@ def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
         for key in _WRAPPER_KEYS:
             if isinstance(obj.get(key), Mapping):
                 return _unwrap(obj[key], path)
+    found = "a single tensor" if isinstance(obj, Tensor) else type(obj).__name__
     raise SourceError(
-        f"{path} holds no tensors (found {type(obj).__name__}); expected a state_dict "
-        "(a mapping of parameter names to tensors)"
+        f"{path} holds no named tensors (found {found}); expected a state_dict "
+        "(a mapping of parameter names to tensors, e.g. torch.save(model.state_dict(), PATH))"
     )
 
 
@@ -145,7 +146,10 @@ def read_torch_file(
         AssertionError,  # e.g. "saved_id must be a tuple, got int" from a flipped bit
         struct.error,
     ) as exc:  # torch's weights-only unpickler raises all of these on garbage bytes
-        raise _corrupt(p, "torch", first_line(exc, 160)) from exc
+        detail = first_line(exc, 160)
+        if len(detail) < 12:  # a bare KeyError(101) (the byte 'e') tells a user nothing
+            detail = f"not a pickle or zip checkpoint ({type(exc).__name__}: {detail})"
+        raise _corrupt(p, "torch", detail) from exc
     if isinstance(obj, nn.Module):
         return obj
     return _unwrap(obj, p)
@@ -223,14 +227,21 @@ class SafetensorsLoader(Loader):
 
 
 def _bare(ident: str, fmt: str, state: dict[str, Tensor], options: LoadOptions) -> LoadedModel:
+    if options.input_shape is not None:
+        raise SourceError(
+            f"--input-shape needs an architecture, and {ident} is a bare state dict (weights "
+            "only: no layer order, no input sizes). Give the architecture, e.g. "
+            "`entropy-probe profile timm:resnet18 --weights FILE --input-shape 3,224,224`"
+        )
     return LoadedModel(
         source=ident,
         format=fmt,
         state_dict=state,
-        input_shape=options.input_shape,
+        input_shape=None,
         notes=[
-            "a state dict has no architecture: per-dimension values only, positions unknown "
-            "(null). Give the architecture to get whole-layer values, e.g. "
+            "a state dict has no architecture: per-dimension values only; positions, "
+            "whole-layer ΔH and spectral values unknown (null). Give the architecture to get "
+            "them, e.g. "
             "`entropy-probe profile timm:resnet18 --weights FILE` "
             "or `smp:Unet/resnet34 --weights FILE`."
         ],

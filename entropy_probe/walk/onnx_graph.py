@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from entropy_probe.enums import LayerKind, Status
-from entropy_probe.errors import SourceError
+from entropy_probe.errors import ShapeError, SourceError
 from entropy_probe.walk.onnx_shapes import SHAPED_OPS, infer_shapes, runtime_shapes
 from entropy_probe.walk.records import BatchNormParams, LayerRecord, Shape
 
@@ -123,7 +123,36 @@ def _walk(model: Any, input_shape: Sequence[int] | None) -> list[tuple[LayerReco
             rec = replace(rec, name=f"{rec.name}/{node.output[0]}")
         used.add(rec.name)
         built.append((rec, node))
+    if input_shape is not None:
+        _check_input_fits([rec for rec, _node in built], input_shape)
     return _detect_folds(graph, built)
+
+
+def _check_input_fits(records: Sequence[LayerRecord], input_shape: Sequence[int]) -> None:
+    """Refuse an input shape under which a layer would see the wrong number of channels or
+    features. ONNX shape inference propagates any shape without running the graph (a wrong
+    --input-shape on a dynamic-axes export gives a 3136-feature input to a 784-input Gemm);
+    onnxruntime would refuse to run it."""
+    for rec in records:
+        weight, shape = rec.weight, rec.in_shape
+        if weight is None or not shape or weight.dim() < 2:
+            continue
+        channels = shape[-(weight.dim() - 1)] if len(shape) >= weight.dim() - 1 else None
+        if rec.kind.startswith("conv_transpose"):
+            want, got, what = int(weight.shape[0]), channels, "input channels"
+        elif rec.kind.startswith("conv"):
+            want, got, what = int(weight.shape[1]) * rec.groups, channels, "input channels"
+        elif rec.kind == LayerKind.LINEAR.value:
+            want, got, what = int(weight.shape[1]), shape[-1], "input features"
+        else:
+            continue
+        if got is not None and want != got:
+            raise ShapeError(
+                f"input shape {','.join(map(str, input_shape))} does not fit the model: layer "
+                f"{rec.name!r} takes {want} {what} but would get {got} (input "
+                f"{'×'.join(map(str, shape))}); pass the per-sample shape the model was "
+                "exported for with --input-shape"
+            )
 
 
 # --------------------------------------------------------------------------------------------

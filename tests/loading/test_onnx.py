@@ -244,6 +244,35 @@ def test_symbolic_input_needs_input_shape(tmp_path: Path) -> None:
     assert loaded.input_shape == (3, 16, 16)
 
 
+def test_input_shape_must_fit_fixed_dims_and_layer_widths(tmp_path: Path) -> None:
+    # Fixed declared dims cannot be overridden (onnxruntime would refuse the input); dynamic
+    # ones can, but not to a shape under which a layer gets the wrong channel or feature count
+    # (shape inference alone would propagate it: a 3136-feature input into a 784-input Gemm).
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 28 * 28, 5))
+    fixed = export(net, torch.randn(1, 1, 28, 28), tmp_path / "fixed.onnx")
+    with pytest.raises(ShapeError, match=r"export fixed dim 1 to 1, dim 2 to 28, dim 3 to 28"):
+        OnnxLoader().load(str(fixed), LoadOptions(input_shape=(1, 56, 56)))
+    with pytest.raises(ShapeError, match="fixed dim 1 to 1"):
+        OnnxLoader().load(str(fixed), LoadOptions(input_shape=(3, 28, 28)))
+    assert OnnxLoader().load(str(fixed), LoadOptions(input_shape=(1, 28, 28))).input_shape
+    dynamic = tmp_path / "dynamic.onnx"
+    torch.onnx.export(
+        net.eval(),
+        (torch.randn(1, 1, 28, 28),),
+        str(dynamic),
+        dynamo=False,
+        opset_version=17,
+        input_names=["x"],
+        dynamic_axes={"x": {0: "b", 1: "c", 2: "h", 3: "w"}},
+    )
+    model, _shape = load(dynamic, (1, 56, 56))
+    with pytest.raises(ShapeError, match=r"takes 3136 input features but would get 12544"):
+        walk_onnx(model, (1, 56, 56))
+    with pytest.raises(ShapeError, match=r"takes 1 input channels but would get 3"):
+        walk_onnx(model, (3, 28, 28))
+    assert len(walk_onnx(model, (1, 28, 28))) == 2
+
+
 def test_layer_tensors_name_outputs(tmp_path: Path) -> None:
     net = ConvBnNet()
     model, shape = load(export(net, torch.randn(1, 3, 8, 8), tmp_path / "m.onnx"))

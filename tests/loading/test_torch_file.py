@@ -81,11 +81,14 @@ def test_state_dict_pt_loads(tmp_path: Path, net: nn.Module) -> None:
     assert all(t.device.type == "cpu" for t in loaded.state_dict.values())  # type: ignore[union-attr]
 
 
-def test_input_shape_option_is_kept(tmp_path: Path, net: nn.Module) -> None:
+def test_input_shape_option_is_refused_without_an_architecture(
+    tmp_path: Path, net: nn.Module
+) -> None:
+    # A bare state dict has no input sizes to apply it to: it used to be kept and never used.
     path = tmp_path / "sd.pth"
     torch.save(net.state_dict(), path)
-    loaded = StateDictLoader().load(str(path), LoadOptions(input_shape=(1, 4)))
-    assert loaded.input_shape == (1, 4)
+    with pytest.raises(SourceError, match=r"--input-shape needs an architecture"):
+        StateDictLoader().load(str(path), LoadOptions(input_shape=(1, 4)))
 
 
 def test_load_model_dispatches_by_extension(
@@ -122,7 +125,7 @@ def test_mapping_without_tensors_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "nothing.pt"
     torch.save({"epoch": 3, "lr": 0.1}, path)
     with pytest.raises(
-        SourceError, match=r"holds no tensors \(found dict\); expected a state_dict"
+        SourceError, match=r"holds no named tensors \(found dict\); expected a state_dict"
     ):
         read_torch_file(path)
 
@@ -130,16 +133,16 @@ def test_mapping_without_tensors_is_refused(tmp_path: Path) -> None:
 def test_a_bare_tensor_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "tensor.pt"
     torch.save(torch.zeros(3), path)
-    with pytest.raises(SourceError, match=r"holds no tensors \(found Tensor\)"):
+    with pytest.raises(SourceError, match=r"holds no named tensors \(found a single tensor\)"):
         read_torch_file(path)
 
 
 def test_safetensors_loads(tmp_path: Path, net: nn.Module) -> None:
     path = tmp_path / "w.safetensors"
     save_file(net.state_dict(), str(path))
-    loaded = SafetensorsLoader().load(str(path), LoadOptions(input_shape=(1, 4)))
+    loaded = SafetensorsLoader().load(str(path), LoadOptions())
     _assert_bare(loaded, str(path), "safetensors", net.state_dict())
-    assert loaded.input_shape == (1, 4)
+    assert loaded.input_shape is None
 
 
 def test_read_weights_reads_both_formats(tmp_path: Path, net: nn.Module) -> None:

@@ -25,7 +25,13 @@ def tiny_net() -> nn.Module:
     ).eval()
 
 
-def export_onnx(net: nn.Module, path: Path, shape: tuple[int, ...] = (1, 3, 8, 8)) -> Path:
+def export_onnx(
+    net: nn.Module,
+    path: Path,
+    shape: tuple[int, ...] = (1, 3, 8, 8),
+    dynamic: dict[int, str] | None = None,
+) -> Path:
+    """``net`` exported with a dynamic batch and the ``dynamic`` per-axis names."""
     with warnings.catch_warnings():  # the TorchScript exporter announces its deprecation
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -36,7 +42,7 @@ def export_onnx(net: nn.Module, path: Path, shape: tuple[int, ...] = (1, 3, 8, 8
             opset_version=17,
             input_names=["x"],
             output_names=["y"],
-            dynamic_axes={"x": {0: "batch"}},
+            dynamic_axes={"x": {0: "batch", **(dynamic or {})}},
         )
     return path
 

@@ -124,3 +124,30 @@ def test_unknown_dataset_name(tmp_path: Path) -> None:
 def test_library_error_type() -> None:
     with pytest.raises(SourceError, match="no such file or folder"):
         load_inputs("no/such/folder", load_model("default"))
+
+
+def test_empty_data_argument_is_refused(tmp_path: Path) -> None:
+    """``--data ''`` used to read the current directory."""
+    _refused_data(tmp_path, "", r"--data is empty")
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (("--estimator", "knn"), "--estimator only applies"),
+        (("--k", "5", "--samples", "64"), "--samples, --k only apply"),
+        (("--batch-size", "8"), "--batch-size only applies"),
+    ],
+)
+def test_measuring_options_without_data_are_refused(
+    tmp_path: Path, args: tuple[str, ...], named: str
+) -> None:
+    """They were ignored without a word."""
+    before = files_under(tmp_path)
+    message = assert_refused(
+        profile_json("default", tmp_path / "p.json", *args),
+        named,
+        directory=tmp_path,
+        before=before,
+    )
+    assert "--data" in message

@@ -14,12 +14,13 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 from safetensors.torch import save_file
+from torch import nn
 
 from entropy_probe import profile
 from entropy_probe.errors import EntropyProbeError, ShapeError, SourceError, UnknownNameError
 
 from ._cli import assert_profiled, assert_refused, files_under, profile_json, run, statuses
-from .conftest import tiny_net
+from .conftest import export_onnx, tiny_net
 
 # --------------------------------------------------------------------------------------------
 # helpers
@@ -236,10 +237,13 @@ def test_safetensors_enormous_declared_dims(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("source", ["default", "onnx"], ids=["torch-module", "onnx-graph"])
-def test_enormous_input_shape(tmp_path: Path, tiny_onnx: Path, source: str) -> None:
+def test_enormous_input_shape(tmp_path: Path, source: str) -> None:
     """10¹⁰ values per sample: refused before anything is allocated (this was a traceback
-    from the allocator for torch models)."""
-    src = tiny_onnx if source == "onnx" else source
+    from the allocator for torch models). The ONNX export leaves H and W dynamic (a fixed one
+    is refused earlier, for not fitting)."""
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+    dynamic = export_onnx(conv, tmp_path / "dyn.onnx", dynamic={2: "h", 3: "w"})
+    src = dynamic if source == "onnx" else source
     _refused_profile(
         tmp_path,
         src,
@@ -504,3 +508,76 @@ def test_a_control_character_in_a_name_keeps_the_error_on_one_line(tmp_path: Pat
     assert result.exit_code == 1 and "Traceback" not in result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "x\\n0.weig" in lines[0], result.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# found by a reviewer acting as a new user
+
+
+def test_input_shape_that_contradicts_fixed_onnx_dims(tmp_path: Path, tiny_onnx: Path) -> None:
+    """tiny.onnx fixes 3×8×8 per sample: a 1-channel shape used to be profiled as if it fit."""
+    message = _refused_profile(
+        tmp_path, tiny_onnx, r"does not fit the ONNX input", "--input-shape", "1,8,8"
+    )
+    assert "fixed dim 1 to 3" in message
+
+
+def test_input_shape_for_a_bare_state_dict_is_refused(
+    tmp_path: Path, tiny_safetensors: Path
+) -> None:
+    """It used to be printed in the header and written to the JSON, and never used."""
+    _refused_profile(
+        tmp_path, tiny_safetensors, r"--input-shape needs an architecture", "--input-shape", "3,8,8"
+    )
+
+
+def test_bare_state_dict_note_says_spectral_values_are_unknown(tiny_safetensors: Path) -> None:
+    result = profile(str(tiny_safetensors), method="spectral")
+    assert all(layer.delta_h_spectral is None for layer in result.layers)
+    assert any("spectral values unknown" in note for note in result.notes)
+
+
+@pytest.mark.parametrize(
+    ("tensors", "label"),
+    [
+        ({"a.weight": torch.zeros(0, 4)}, "the weight"),
+        ({"a.weight": torch.zeros(4, 0)}, "the weight"),
+        ({"bn.running_var": torch.zeros(0), "bn.weight": torch.zeros(0)}, "the weight"),
+    ],
+)
+def test_zero_size_tensors_are_skipped_with_a_reason(
+    tmp_path: Path, tensors: dict[str, torch.Tensor], label: str
+) -> None:
+    """These were ZeroDivisionError tracebacks."""
+    path = tmp_path / "empty.safetensors"
+    save_file(tensors, str(path))
+    out = tmp_path / "p.json"
+    data = assert_profiled(profile_json(path, out), out)
+    (layer,) = data["layers"]
+    assert layer["status"] == "skipped"
+    assert label in layer["reason"] and "is empty" in layer["reason"]
+
+
+def test_default_scheme_takes_no_name(tmp_path: Path) -> None:
+    _refused_profile(tmp_path, "default:foo", r"default model takes no name")
+
+
+def test_a_bare_tensor_is_not_a_state_dict(tmp_path: Path) -> None:
+    path = tmp_path / "tensor.pt"
+    torch.save(torch.randn(3), path)
+    _refused_profile(tmp_path, path, r"found a single tensor\); expected a state_dict")
+
+
+def test_text_given_as_weights_names_what_it_is_not(tmp_path: Path) -> None:
+    """The message used to end in a bare '101' (a KeyError on the byte 'e')."""
+    path = tmp_path / "text.pt"
+    path.write_text("hello\n", encoding="utf-8")
+    message = _refused_profile(tmp_path, "timm:test_resnet", r"cannot read", "--weights", path)
+    assert "not a pickle or zip checkpoint" in message or "invalid" in message
+
+
+def test_timm_directory_whose_architecture_is_not_a_name(tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"architecture": 5}', encoding="utf-8")
+    _refused_profile(tmp_path, folder, r"'architecture' must be a timm model name .* got 5")

@@ -13,6 +13,7 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from safetensors.torch import save_file
 
 from ._cli import assert_profiled, assert_refused, files_under, profile_json, run
 from .conftest import tiny_net
@@ -197,3 +198,72 @@ def test_json_to_a_directory_is_refused_and_leaves_no_temp_file(tmp_path: Path) 
     before = files_under(tmp_path)
     result = profile_json("default", tmp_path / "out.json")
     assert_refused(result, r"cannot write --json", directory=tmp_path, before=before)
+
+
+@pytest.mark.parametrize("flag", ["--json", "-o"])
+@pytest.mark.parametrize("which", ["SOURCE", "--weights", "--data"])
+def test_an_output_that_is_an_input_is_refused(tmp_path: Path, flag: str, which: str) -> None:
+    """``report model.onnx -o model.onnx`` used to replace the model with HTML."""
+    net = tiny_net()
+    weights = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(weights))
+    data = tmp_path / "x.npy"
+    np.save(data, np.random.default_rng(0).standard_normal((8, 1, 28, 28)).astype(np.float32))
+    source: str | Path = weights if which == "SOURCE" else "default"
+    args: list[str | Path] = ["--data", data] if which == "--data" else []
+    if which == "--weights":
+        source, args = "timm:test_resnet", ["--weights", weights]
+    target = {"SOURCE": weights, "--weights": weights, "--data": data}[which]
+    before = {p: p.read_bytes() for p in (weights, data)}
+    command = "profile" if flag == "--json" else "report"
+    result = run(command, source, flag, target, "--device", "cpu", *args)
+    message = assert_refused(result, rf"is the {which} file itself")
+    assert "choose another output path" in message
+    assert {p: p.read_bytes() for p in (weights, data)} == before
+
+
+@pytest.mark.parametrize(("command", "flag"), [("profile", "--json"), ("report", "-o")])
+def test_an_empty_output_path_is_refused(tmp_path: Path, command: str, flag: str) -> None:
+    """``--json ''`` used to write nothing and exit 0."""
+    before = files_under(tmp_path)
+    result = run(command, "default", flag, "", "--device", "cpu")
+    assert_refused(result, rf"{flag} needs a file name", directory=tmp_path, before=before)
+
+
+def test_an_output_symlink_is_followed_not_replaced(tmp_path: Path) -> None:
+    target = tmp_path / "real.json"
+    target.write_text("{}", encoding="utf-8")
+    link = tmp_path / "link.json"
+    link.symlink_to(target.name)
+    assert_profiled(profile_json("default", link), link)
+    assert link.is_symlink() and json.loads(target.read_text(encoding="utf-8"))["layers"]
+
+
+def test_an_output_fifo_is_written_to_not_replaced(tmp_path: Path) -> None:
+    """``-o /dev/null`` used to replace the device with a regular file (as root); a FIFO
+    stands in for any non-regular file here."""
+    import os
+    import stat
+    import threading
+
+    fifo = tmp_path / "pipe.html"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    result = run("report", "default", "-o", fifo, "--reference", "none", "--device", "cpu")
+    reader.join(timeout=60)
+    assert result.exit_code == 0, result.output
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert received and received[0].startswith(b"<!DOCTYPE html>")
+    assert "not a file" in result.stderr
+
+
+def test_report_to_stdout(tmp_path: Path) -> None:
+    before = files_under(tmp_path)
+    result = run("report", "default", "-o", "-", "--reference", "none", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("<!DOCTYPE html>") and result.stdout.rstrip().endswith(
+        "</html>"
+    )
+    assert files_under(tmp_path) == before and not Path("-").exists()
