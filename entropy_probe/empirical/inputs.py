@@ -105,7 +105,7 @@ def load_inputs(
         _check_array_shape(tuple(arr.shape), shape, "the data")
         picked = _subset(len(arr), samples, seed)
         inputs = arr[torch.as_tensor(picked)].detach().to("cpu", torch.float32)
-        return InputData(_finite(inputs, "the data"), f"{len(inputs)} given samples")
+        return InputData(_usable(inputs, "the data"), f"{len(inputs)} given samples")
     if not str(data).strip():
         raise SourceError(
             "--data is empty: give a built-in dataset (mnist5k, digits, nuclei), an image "
@@ -154,9 +154,16 @@ def _check_array_shape(got: tuple[int, ...], want: tuple[int, ...], what: str) -
         raise SourceError(f"{what}: holds no samples (shape ({_fmt(got)}))")
 
 
-def _finite(inputs: Tensor, what: str) -> Tensor:
+def _usable(inputs: Tensor, what: str) -> Tensor:
+    """``inputs`` unless they hold NaN/Inf, or are all the same sample (zero variance: every
+    entropy would be −inf and every ΔH undefined)."""
     if not bool(torch.isfinite(inputs).all()):
         raise SourceError(f"{what}: contains NaN or infinite values")
+    if len(inputs) > 1 and bool((inputs == inputs[:1]).all()):
+        raise SourceError(
+            f"{what}: all {len(inputs)} samples are identical, so their entropy is −inf and "
+            "nothing can be measured; give real, varying inputs"
+        )
     return inputs
 
 
@@ -199,7 +206,7 @@ def _npy(path: Path, shape: tuple[int, ...], samples: int, seed: int) -> InputDa
     picked = _subset(len(arr), samples, seed)
     inputs = torch.from_numpy(np.array(arr[picked], dtype=np.float32))
     return InputData(
-        _finite(inputs, f"--data {path}"),
+        _usable(inputs, f"--data {path}"),
         f"{len(inputs)} samples from {path}{_of(len(inputs), len(arr), 'rows')}",
     )
 

@@ -151,3 +151,10 @@ def test_measuring_options_without_data_are_refused(
         before=before,
     )
     assert "--data" in message
+
+
+def test_npy_of_identical_samples_is_refused(tmp_path: Path) -> None:
+    """All-zero data gave a column of −inf entropies and no explanation."""
+    path = tmp_path / "const.npy"
+    np.save(path, np.zeros((16, 1, 28, 28), dtype=np.float32))
+    _refused_data(tmp_path, path, r"all 16 samples are identical, so their entropy is −inf")
