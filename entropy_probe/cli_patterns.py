@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from entropy_probe.cli import (
@@ -18,11 +19,13 @@ from entropy_probe.cli import (
     write_json_option,
 )
 from entropy_probe.cli_errors import friendly_errors as _friendly_errors
+from entropy_probe.errors import EntropyProbeError, unknown_name
 from entropy_probe.patterns.compare import Comparison, family_band
-from entropy_probe.patterns.pattern import DEFAULT_QUANTITY, Quantity
+from entropy_probe.patterns.pattern import DEFAULT_QUANTITY, RELATIVE_EXCESS_FLOOR, Quantity
 from entropy_probe.patterns.reference import (
     Provenance,
     Reference,
+    check_new_reference,
     load_library,
     reference_from_profile,
     save_user_reference,
@@ -36,8 +39,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _QUANTITY_HELP = (
     "Per-layer quantity compared: shape_excess (scale-free spectral shape minus its random-init "
-    "value; default), relative_excess (shape_excess over |random-init value|), spectral_shape, "
-    "or delta_h_per_dim (raw, tracks weight scale)."
+    "value; default), relative_excess (shape_excess over |random-init value|; not compared "
+    f"where that value is below {RELATIVE_EXCESS_FLOOR}, e.g. a head with a few outputs from "
+    "many inputs), spectral_shape, or delta_h_per_dim (raw, tracks weight scale)."
 )
 
 
@@ -49,6 +53,12 @@ def _quantity_option(func: F) -> F:
         show_default=True,
         help=_QUANTITY_HELP,
     )(func)
+
+
+def _check_json_path(json_path: str | None) -> None:
+    """``--json ""`` would write nothing and succeed: refuse it before any work."""
+    if json_path is not None and not json_path.strip():
+        raise EntropyProbeError("--json needs a file name (got an empty one); - writes to stdout")
 
 
 def _console() -> Console:
@@ -81,6 +91,8 @@ def print_comparison(result: Comparison) -> None:
             "not compared (singular, a single singular value, or no band for their layer "
             f"group): {', '.join(result.not_compared)}"
         )
+    for note in result.notes():
+        console.print(f"note: {escape(note)}")
     console.print(f"[bold]{result.verdict()}[/bold]")
 
 
@@ -117,9 +129,11 @@ def print_comparison(result: Comparison) -> None:
 )
 @_friendly_errors
 def compare(reference_name: str, quantity: str, json_path: str | None, **opts: Any) -> None:
-    from entropy_probe.patterns.select import compare_with
+    from entropy_probe.patterns.select import check_reference, compare_with
 
+    _check_json_path(json_path)
     library = load_library()  # fail on a broken user reference before the model loads
+    check_reference(reference_name, library)  # and on an unknown name
     result = compare_with(_run_profile(opts), reference_name, quantity=quantity, library=library)
     if json_path:
         write_json_option(result.to_dict(), json_path)
@@ -148,17 +162,34 @@ def reference_list() -> None:
         table.add_column(col)
     for family, members in library.families.items():
         for ref in members:
-            prov = ref.provenance
-            metric = (
-                f"{prov.metric} {prov.metric_value:.4g}"
-                if prov.metric_value is not None
-                else prov.metric or "vendor-trained"
+            table.add_row(
+                family,
+                ref.name,
+                str(ref.layers),
+                _metric_label(ref),
+                ref.provenance.checkpoint,
+                _origin(ref),
             )
-            origin = "user" if ref.user else "shipped"
-            table.add_row(family, ref.name, str(ref.layers), metric, prov.checkpoint, origin)
     console = _console()
     console.print(table)
     console.print(f"user references: {user_reference_dir()}")
+
+
+def _metric_label(ref: Reference) -> str:
+    """The metric reached; for a shipped network without one, that the vendor trained it (it
+    publishes no metric we can check); for a user reference without one, that none was given."""
+    prov = ref.provenance
+    if prov.untrained:
+        return "untrained (random init)"
+    if prov.metric_value is not None:
+        return f"{prov.metric} {prov.metric_value:.4g}"
+    if prov.metric:
+        return prov.metric
+    return "— (no --metric given)" if ref.user else "vendor-trained"
+
+
+def _origin(ref: Reference) -> str:
+    return "user-added" if ref.user else "shipped"
 
 
 def _show_reference(ref: Reference, quantity: Quantity) -> dict[str, Any]:
@@ -172,8 +203,12 @@ def _show_reference(ref: Reference, quantity: Quantity) -> dict[str, Any]:
 @_friendly_errors
 def reference_show(name: str, quantity: str, json_path: str | None) -> None:
     """One reference (NAME) or a whole family's band (FAMILY)."""
+    _check_json_path(json_path)
     library = load_library()
     q = Quantity(quantity)
+    known = sorted([*library.families, *(r.name for r in library.references)])
+    if name not in known:
+        raise unknown_name("reference or family", name, known, listing="known")
     if name in library.families:
         band = family_band(name, library.family(name), q)
         data: dict[str, Any] = band.to_dict()
@@ -203,10 +238,16 @@ def reference_show(name: str, quantity: str, json_path: str | None) -> None:
         return
     console = _console()
     prov = ref.provenance
-    console.print(f"[bold]{ref.name}[/bold]  family {ref.family}  ({ref.architecture})")
+    console.print(
+        f"[bold]{ref.name}[/bold]  family {ref.family}  ({ref.architecture})  {_origin(ref)}"
+    )
     console.print(f"checkpoint: {prov.checkpoint}  sha256 {prov.sha256[:12] or '—'}")
     console.print(f"data: {prov.data}")
-    metric = f"{prov.metric} = {prov.metric_value}" if prov.metric_value is not None else "—"
+    metric = (
+        f"{prov.metric} = {prov.metric_value}"
+        if prov.metric_value is not None
+        else _metric_label(ref)
+    )
     console.print(f"metric: {metric}   built {prov.date} by {prov.command or '—'}")
     table = Table(show_edge=False, pad_edge=False)
     for col in ("group", "depth", str(q)):
@@ -243,18 +284,37 @@ def _parse_metric(text: str | None) -> tuple[str, float | None]:
     help="The metric it reached, e.g. 'held-out accuracy=0.973' (recorded as provenance).",
 )
 @click.option("--trained-on", "trained_on", default="", help="What it was trained on (provenance).")
+@click.option(
+    "--allow-untrained",
+    is_flag=True,
+    help="Add it even though the loader reports random initial weights (e.g. zoo:NAME or "
+    "timm:NAME without --weights); marked untrained. Only for deliberate controls: untrained "
+    "members widen the family band toward random init and raise every agreement score.",
+)
 @_friendly_errors
-def reference_add(name: str, family: str, metric: str | None, trained_on: str, **opts: Any) -> None:
+def reference_add(
+    name: str,
+    family: str,
+    metric: str | None,
+    trained_on: str,
+    allow_untrained: bool,
+    **opts: Any,
+) -> None:
     """Add a well-trained checkpoint SOURCE of yours as a reference.
 
     It is profiled now and stored as NAME.json in $ENTROPY_PROBE_REFERENCE_DIR (default
-    ~/.local/share/entropy_probe/references; never inside the installed package). A name
-    already used (shipped or yours) is refused. `compare` and `report` then include it in
-    the band of FAMILY (with --reference FAMILY, or with auto when auto picks that family).
-    A bare state dict is refused: it has no layer order; give the architecture.
+    ~/.local/share/entropy_probe/references; never inside the installed package). Refused:
+    a NAME already used (shipped or yours), a NAME that is a family name or a FAMILY that is
+    a reference name (`--reference` could not tell them apart), the keywords auto, default
+    and none, and a SOURCE with random initial weights (unless --allow-untrained). `compare`
+    and `report` then include it in the band of FAMILY (with --reference FAMILY, or with
+    auto when auto picks that family). A bare state dict is refused: it has no layer order;
+    give the architecture.
     """
     label, value = _parse_metric(metric)
-    load_library()  # a broken user directory fails before the model loads
+    # a broken user directory or a name --reference could not reach fails before the model
+    # loads
+    check_new_reference(name, family, load_library())
     result = _run_profile(opts)
     source = str(opts["source"])
     provenance = Provenance(
@@ -267,10 +327,16 @@ def reference_add(name: str, family: str, metric: str | None, trained_on: str, *
         command="entropy-probe reference add",
     )
     ref = reference_from_profile(
-        result, name=name, family=family, architecture=result.format, provenance=provenance
+        result,
+        name=name,
+        family=family,
+        architecture=result.format,
+        provenance=provenance,
+        allow_untrained=allow_untrained,
     )
     path = save_user_reference(ref)
-    click.echo(f"added reference {name} (family {family}, {ref.layers} layers) → {path}")
+    untrained = ", UNTRAINED: random init" if ref.provenance.untrained else ""
+    click.echo(f"added reference {name} (family {family}, {ref.layers} layers{untrained}) → {path}")
 
 
 def _sha_of(opts: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ from entropy_probe.entropy.profile import Profile
 from entropy_probe.errors import EntropyProbeError
 from entropy_probe.patterns.pattern import (
     DEFAULT_QUANTITY,
+    RELATIVE_EXCESS_FLOOR,
     DepthCurve,
     LayerGroup,
     Quantity,
@@ -30,6 +31,7 @@ from entropy_probe.patterns.pattern import (
     layer_group,
     pattern_points,
     random_baseline,
+    undefined_for,
 )
 from entropy_probe.patterns.reference import Points, Reference
 
@@ -66,6 +68,9 @@ class FamilyBand:
     quantity: Quantity
     members: tuple[str, ...]
     points: dict[LayerGroup, tuple[BandPoint, ...]]
+    # (member, how many of its layers) left out because the quantity is not defined there
+    # (relative_excess where |E[s]| < RELATIVE_EXCESS_FLOOR)
+    left_out: tuple[tuple[str, int], ...] = ()
 
     @functools.cached_property
     def _curves(self) -> dict[LayerGroup, tuple[DepthCurve, DepthCurve, DepthCurve]]:
@@ -102,6 +107,7 @@ class FamilyBand:
                 str(g): [[p.depth, p.lower, p.center, p.upper] for p in pts]
                 for g, pts in self.points.items()
             },
+            "left_out": dict(self.left_out),
         }
 
 
@@ -125,14 +131,28 @@ def _weighted_quantile(values: Sequence[float], weights: Sequence[float], q: flo
     return pairs[-1][0]
 
 
-def _local_values(points: Points, t: float, window: float) -> list[float]:
-    """A reference's layer values within ``window`` of depth ``t`` (its nearest layers when
-    none is that close)."""
-    near = [v for d, v in points if abs(d - t) <= window]
+def _local_layers(points: Points, t: float, window: float) -> list[int]:
+    """Which of a reference's layers are within ``window`` of depth ``t`` (its nearest layers
+    when none is that close), as indices into ``points``."""
+    near = [i for i, (d, _) in enumerate(points) if abs(d - t) <= window]
     if near:
         return near
     gap = min(abs(d - t) for d, _ in points)
-    return [v for d, v in points if abs(d - t) - gap <= 1e-9]
+    return [i for i, (d, _) in enumerate(points) if abs(d - t) - gap <= 1e-9]
+
+
+def _min_half_width(
+    quantity: Quantity, baselines: Sequence[float | None], weights: Sequence[float]
+) -> float:
+    """The band's least half width: ``MIN_HALF_WIDTH`` nats per dimension of shape excess.
+    relative_excess is shape_excess / |E[s]|, so there it is MIN_HALF_WIDTH / |E[s]|, with
+    the weighted median |E[s]| of the pooled layers (a 784→48 layer, |E[s]| = 0.016: ±3.1;
+    a square one, |E[s]| ≈ 0.5: ±0.1)."""
+    known = [(b, w) for b, w in zip(baselines, weights, strict=True) if b is not None]
+    if quantity is not Quantity.RELATIVE_EXCESS or not known:
+        return MIN_HALF_WIDTH
+    typical = _weighted_quantile([abs(b) for b, _ in known], [w for _, w in known], 0.5)
+    return MIN_HALF_WIDTH / typical
 
 
 def family_band(
@@ -147,33 +167,57 @@ def family_band(
     At each grid depth the layers of every reference within ``window`` of it (its nearest
     layers when none is that close) are pooled, each reference's layers sharing one unit of
     weight, so every network counts once whatever its layer count; the band runs between the
-    ``LOWER`` and ``UPPER`` weighted quantiles, its centre is the weighted median.
+    ``LOWER`` and ``UPPER`` weighted quantiles, its centre is the weighted median. Layers
+    where the quantity is not defined are left out (``Reference.comparable_points``) and
+    counted in ``FamilyBand.left_out``.
     """
     quantity = Quantity(quantity)
     if not references:
         raise EntropyProbeError(f"reference family {family!r} has no members to build a band")
+    usable = [r.comparable_points(quantity) for r in references]
+    left_out = []
+    for ref, kept in zip(references, usable, strict=True):
+        stored = sum(len(p) for p in ref.points.get(quantity, {}).values())
+        if stored > sum(len(p) for p in kept.values()):
+            left_out.append((ref.name, stored - sum(len(p) for p in kept.values())))
     points: dict[LayerGroup, tuple[BandPoint, ...]] = {}
     for group in LayerGroup:
-        per_ref = [r.points.get(quantity, {}).get(group, ()) for r in references]
-        per_ref = [p for p in per_ref if p]
+        per_ref = [
+            (
+                kept[group],
+                ref.relative_baselines(group)
+                if quantity is Quantity.RELATIVE_EXCESS
+                else (None,) * len(kept[group]),
+            )
+            for ref, kept in zip(references, usable, strict=True)
+            if kept.get(group)
+        ]
         if not per_ref:
             continue
         band = []
         for t in GRID:
             values: list[float] = []
+            baselines: list[float | None] = []
             weights: list[float] = []
-            for pts in per_ref:
-                near = _local_values(pts, t, window)
-                values += near
+            for pts, bases in per_ref:
+                near = _local_layers(pts, t, window)
+                values += [pts[i][1] for i in near]
+                baselines += [bases[i] for i in near]
                 weights += [1.0 / len(near)] * len(near)
             center = _weighted_quantile(values, weights, 0.5)
-            lower = min(_weighted_quantile(values, weights, LOWER), center - MIN_HALF_WIDTH)
-            upper = max(_weighted_quantile(values, weights, UPPER), center + MIN_HALF_WIDTH)
+            floor = _min_half_width(quantity, baselines, weights)
+            lower = min(_weighted_quantile(values, weights, LOWER), center - floor)
+            upper = max(_weighted_quantile(values, weights, UPPER), center + floor)
             band.append(BandPoint(t, lower, center, upper))
         points[group] = tuple(band)
     if not points:
-        raise EntropyProbeError(f"reference family {family!r} has no {quantity} values")
-    return FamilyBand(family, quantity, tuple(r.name for r in references), points)
+        why = (
+            f" where it is defined (|E[s]| >= {RELATIVE_EXCESS_FLOOR}); use --quantity shape_excess"
+            if left_out
+            else ""
+        )
+        raise EntropyProbeError(f"reference family {family!r} has no {quantity} values{why}")
+    return FamilyBand(family, quantity, tuple(r.name for r in references), points, tuple(left_out))
 
 
 @dataclass(frozen=True)
@@ -228,6 +272,8 @@ class Comparison:
     picked: str = ""  # how the family was chosen (for --reference auto)
     # analysed dense/conv layers not scored: no band for their group, or no finite value
     not_compared: tuple[str, ...] = ()
+    # layers whose value of the quantity is not defined (relative_excess, |E[s]| too small)
+    not_defined: tuple[str, ...] = ()
 
     @property
     def out_of_band(self) -> tuple[LayerDeviation, ...]:
@@ -243,6 +289,25 @@ class Comparison:
             f"compared layers inside the band of well-trained networks"
         )
 
+    def notes(self) -> list[str]:
+        """What was left out because the quantity is not defined there (empty otherwise)."""
+        if not self.not_defined and not self.band.left_out:
+            return []
+        where: list[str] = []
+        if self.not_defined:
+            where.append(f"not compared: {', '.join(self.not_defined)}")
+        if self.band.left_out:
+            counts = ", ".join(
+                f"{name} ({n} layer{'' if n == 1 else 's'})" for name, n in self.band.left_out
+            )
+            where.append(f"left out of the band: {counts}")
+        return [
+            f"{self.quantity} is not defined where a random init of the layer's shape is "
+            f"within {RELATIVE_EXCESS_FLOOR} of an isometry (|E[s]| < {RELATIVE_EXCESS_FLOOR}: "
+            "few outputs from many inputs, or the reverse), where dividing by |E[s]| "
+            f"multiplies the excess by over 100; {'; '.join(where)}"
+        ]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema": COMPARISON_SCHEMA,
@@ -255,6 +320,8 @@ class Comparison:
             "members": list(self.band.members),
             "layers": [layer.to_dict() for layer in self.layers],
             "not_compared": list(self.not_compared),
+            "not_defined": list(self.not_defined),
+            "notes": self.notes(),
             "band": self.band.to_dict(),
         }
 
@@ -262,9 +329,13 @@ class Comparison:
 def compare_profile(profile: Profile, band: FamilyBand, *, picked: str = "") -> Comparison:
     """Deviation of every analysed dense/conv layer from ``band``, and the agreement score."""
     layers = []
-    missing = []
+    missing: list[str] = []
+    undefined: list[str] = []
     for layer, group, value in pattern_points(profile, band.quantity):
         assert layer.depth is not None  # pattern_points keeps layers with a depth only
+        if undefined_for(layer, band.quantity):
+            undefined.append(layer.name)
+            continue
         point = band.at(group, layer.depth)
         if point is None:
             missing.append(layer.name)
@@ -294,7 +365,7 @@ def compare_profile(profile: Profile, band: FamilyBand, *, picked: str = "") -> 
         )
     # analysed dense/conv layers without a finite value (singular, e.g. a BatchNorm with γ = 0
     # folded in; or a single singular value, which has no shape) are listed, not scored
-    compared = {x.name for x in layers} | set(missing)
+    compared = {x.name for x in layers} | set(missing) | set(undefined)
     missing += [
         x.name
         for x in profile.analysed
@@ -310,4 +381,5 @@ def compare_profile(profile: Profile, band: FamilyBand, *, picked: str = "") -> 
         band=band,
         picked=picked,
         not_compared=tuple(missing),
+        not_defined=tuple(undefined),
     )

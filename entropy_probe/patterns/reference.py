@@ -10,6 +10,7 @@ installed package.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -23,21 +24,26 @@ from typing import Any
 
 from entropy_probe._io import atomic_write_text
 from entropy_probe.entropy.profile import Profile
-from entropy_probe.errors import EntropyProbeError, SourceError, unknown_name
+from entropy_probe.errors import DuplicateNameError, EntropyProbeError, SourceError, unknown_name
 from entropy_probe.patterns.pattern import (
     DepthCurve,
     LayerGroup,
     Quantity,
     ReferencePattern,
     pattern_points,
+    relative_excess_defined,
 )
 
 __all__ = [
+    "AUTO",
+    "NONE",
     "REFERENCE_SCHEMA",
+    "RESERVED_NAMES",
     "USER_DIR_ENV",
     "Provenance",
     "Reference",
     "ReferenceLibrary",
+    "check_new_reference",
     "file_sha256",
     "load_library",
     "reference_from_profile",
@@ -49,7 +55,14 @@ USER_DIR_ENV = "ENTROPY_PROBE_REFERENCE_DIR"
 _SHIPPED = "references.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
+# Words ``--reference`` reads before any family or reference name: ``auto`` (family from the
+# architecture), ``none`` (``report``: no comparison) and ``default`` (``finetune``: the
+# embedded default model as a checkpoint). No family or reference may be named like them.
+AUTO, NONE, DEFAULT_SOURCE = "auto", "none", "default"
+RESERVED_NAMES = (AUTO, DEFAULT_SOURCE, NONE)
+
 Points = tuple[tuple[float, float], ...]
+_RelativeLayer = tuple[float, float, float | None]  # depth, relative_excess, |E[s]|
 
 
 @dataclass(frozen=True)
@@ -63,9 +76,10 @@ class Provenance:
     metric_value: float | None = None
     date: str = ""  # ISO date the reference was built
     command: str = ""  # the command that built it
+    untrained: bool = False  # random-init weights, added on purpose (--allow-untrained)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "checkpoint": self.checkpoint,
             "sha256": self.sha256,
             "data": self.data,
@@ -74,6 +88,9 @@ class Provenance:
             "date": self.date,
             "command": self.command,
         }
+        if self.untrained:  # written only when set: trained references keep their old form
+            out["untrained"] = True
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Provenance:
@@ -86,6 +103,7 @@ class Provenance:
             metric_value=None if value is None else float(value),
             date=str(data.get("date", "")),
             command=str(data.get("command", "")),
+            untrained=bool(data.get("untrained", False)),
         )
 
 
@@ -102,10 +120,53 @@ class Reference:
     layers: int = 0  # analysed dense/conv layers
     user: bool = field(default=False, compare=False)  # from the user directory
 
-    def pattern(self, quantity: Quantity | str) -> ReferencePattern:
+    def _relative_layers(self, group: LayerGroup) -> tuple[_RelativeLayer, ...]:
+        """(depth, relative_excess, |E[s]|) of every stored ``group`` layer. E[s] is not
+        stored, but relative_excess = shape_excess / |E[s]| for each layer, so |E[s]| is the
+        ratio of the layer's two stored values (None where both are 0)."""
+        points = self.points.get(Quantity.RELATIVE_EXCESS, {}).get(group, ())
+        partner = self.points.get(Quantity.SHAPE_EXCESS, {}).get(group, ())
+        if len(partner) != len(points) or any(
+            abs(d1 - d2) > 1e-9 for (d1, _), (d2, _) in zip(points, partner, strict=True)
+        ):
+            raise SourceError(
+                f"reference {self.name!r}: its {group} relative_excess and shape_excess points "
+                "are not the same layers; remove it and add it again (reference add)"
+            )
+        return tuple(
+            (d, rel, ex / rel if rel != 0.0 else None)
+            for (d, rel), (_, ex) in zip(points, partner, strict=True)
+        )
+
+    def _compared_relative(self, group: LayerGroup) -> tuple[_RelativeLayer, ...]:
+        return tuple(
+            x for x in self._relative_layers(group) if x[2] is None or relative_excess_defined(x[2])
+        )
+
+    def comparable_points(self, quantity: Quantity | str) -> dict[LayerGroup, Points]:
+        """The points comparisons and patterns use: all stored ones, except that
+        ``relative_excess`` leaves out the layers where it is not defined (a random init of
+        their shape has |E[s]| below ``RELATIVE_EXCESS_FLOOR``)."""
         quantity = Quantity(quantity)
         groups = self.points.get(quantity, {})
-        curves = {g: DepthCurve.from_points(p) for g, p in groups.items() if p}
+        if quantity is not Quantity.RELATIVE_EXCESS:
+            return {g: p for g, p in groups.items() if p}
+        out = {}
+        for group in groups:
+            kept = tuple((d, v) for d, v, _ in self._compared_relative(group))
+            if kept:
+                out[group] = kept
+        return out
+
+    def relative_baselines(self, group: LayerGroup | str) -> tuple[float | None, ...]:
+        """|E[s]| of each layer of ``comparable_points(relative_excess)[group]``, in order
+        (None where it cannot be recovered: shape_excess exactly 0)."""
+        return tuple(base for _, _, base in self._compared_relative(LayerGroup(group)))
+
+    def pattern(self, quantity: Quantity | str) -> ReferencePattern:
+        quantity = Quantity(quantity)
+        groups = self.comparable_points(quantity)
+        curves = {g: DepthCurve.from_points(p) for g, p in groups.items()}
         if not curves:
             raise EntropyProbeError(f"reference {self.name!r} has no {quantity} values")
         return ReferencePattern(quantity, curves, self.name)
@@ -153,10 +214,27 @@ def reference_from_profile(
     family: str,
     architecture: str,
     provenance: Provenance,
+    allow_untrained: bool = False,
 ) -> Reference:
-    """Turn a well-trained network's profile into a reference (all quantities kept)."""
+    """Turn a well-trained network's profile into a reference (all quantities kept).
+
+    A profile of random-init weights (``profile.pretrained`` False: no trained weights were
+    loaded) is refused unless ``allow_untrained``; it is then marked untrained in the
+    provenance."""
     _check_name(name, "reference name")
     _check_name(family, "family name")
+    if not profile.pretrained:
+        if not allow_untrained:
+            raise EntropyProbeError(
+                f"{profile.source} has random initial weights (no trained weights were given, "
+                "or they are a random-init snapshot), so it is refused as a reference: a "
+                "reference pattern should come "
+                "from a well-trained network, and an untrained member widens its family's "
+                "band toward the random-init value, raising every comparison's agreement; "
+                "give the trained weights (--weights FILE), or pass --allow-untrained to add "
+                "it anyway (e.g. as a deliberate random-init control)"
+            )
+        provenance = dataclasses.replace(provenance, untrained=True)
     points: dict[Quantity, dict[LayerGroup, Points]] = {}
     layers = 0
     for quantity in Quantity:
@@ -275,8 +353,49 @@ class ReferenceLibrary:
         return members
 
 
+def _reserved(what: str, name: str) -> str:
+    return (
+        f"{what} {name!r} is reserved: --reference {name} means "
+        + {
+            AUTO: "'pick the family from the architecture'",
+            NONE: "'no comparison' (report)",
+            DEFAULT_SOURCE: "'the embedded default model' (finetune)",
+        }[name]
+    )
+
+
+def _unreachable(name: str, family: str, others: Iterable[Reference]) -> tuple[str, str] | None:
+    """Why ``--reference`` could not tell a reference ``name`` of ``family`` apart once it
+    joins ``others`` (a
+    name or family that is a keyword, or that another reference or family already answers
+    to), and the option to change (``--name`` or ``--family``); None when it fits.
+    ``--reference X`` reads keywords first, then families, then reference names, so a
+    reference named like a family could never be selected, and a family named like a
+    reference would hide that reference."""
+    others = list(others)
+    names = {r.name for r in others}
+    families = {r.family for r in others}
+    if name in RESERVED_NAMES:
+        return _reserved("reference name", name), "--name"
+    if family in RESERVED_NAMES:
+        return _reserved("family name", family), "--family"
+    if name in families or name == family:
+        return (
+            f"reference name {name!r} is also a family name: --reference {name} selects the "
+            "family, never this reference"
+        ), "--name"
+    if family in names:
+        return (
+            f"family name {family!r} is also a reference name: --reference {family} would "
+            f"select the family and no longer reach the reference {family}"
+        ), "--family"
+    return None
+
+
 def load_library(user_dir: Path | None = None) -> ReferenceLibrary:
-    """Shipped plus user references; a user reference may not reuse a shipped name."""
+    """Shipped plus user references; a user reference may not reuse a shipped name, a family
+    name or a keyword of ``--reference`` (nor a name another user reference has)."""
+    directory = user_dir or user_reference_dir()
     shipped = shipped_references()
     names = {r.name for r in shipped}
     user = user_references(user_dir)
@@ -284,24 +403,60 @@ def load_library(user_dir: Path | None = None) -> ReferenceLibrary:
     if clash:
         raise SourceError(
             f"user reference(s) {', '.join(clash)} reuse shipped names: rename or remove them "
-            f"in {user_dir or user_reference_dir()}"
+            f"in {directory}"
         )
-    return ReferenceLibrary(tuple(shipped + user))
+    seen: set[str] = set()
+    for ref in user:
+        if ref.name in seen:
+            raise SourceError(
+                f"two user reference files in {directory} are both named {ref.name!r}: "
+                "remove one of them"
+            )
+        seen.add(ref.name)
+    everything = shipped + user
+    for ref in user:
+        problem = _unreachable(ref.name, ref.family, [r for r in everything if r is not ref])
+        if problem:
+            raise SourceError(
+                f"user reference {ref.name!r} in {directory}: {problem[0]}; remove its file "
+                f"and add it again with another {problem[1]}"
+            )
+    return ReferenceLibrary(tuple(everything))
 
 
-def save_user_reference(reference: Reference, directory: Path | None = None) -> Path:
-    """Write one user reference atomically as ``<name>.json``; refuses to overwrite."""
-    directory = directory or user_reference_dir()
-    library = load_library(directory)
-    clash = next((r for r in library.references if r.name == reference.name), None)
+def check_new_reference(
+    name: str, family: str, library: ReferenceLibrary, directory: Path | None = None
+) -> None:
+    """Refuse a new user reference ``name`` of ``family`` that ``--reference`` could not
+    reach, or that would hide an existing one: a taken name, a family name used as a
+    reference name or the reverse, a keyword (auto, default, none). ``reference add`` calls
+    it before the model loads, and :func:`save_user_reference` again before writing."""
+    _check_name(name, "reference name")
+    _check_name(family, "family name")
+    clash = next((r for r in library.references if r.name == name), None)
     if clash is not None:
         where = (
-            f"your reference file {directory / (reference.name + '.json')} holds it: delete "
-            "that file first, or choose another --name"
+            f"your reference directory {directory or user_reference_dir()} holds it: delete "
+            "its file first, or choose another --name"
             if clash.user
             else "it is a shipped reference: choose another --name"
         )
-        raise EntropyProbeError(f"a reference named {reference.name!r} exists already; {where}")
+        raise DuplicateNameError(f"a reference named {name!r} exists already; {where}")
+    problem = _unreachable(name, family, library.references)
+    if problem:
+        raise DuplicateNameError(f"{problem[0]}; choose another {problem[1]}")
+
+
+def save_user_reference(reference: Reference, directory: Path | None = None) -> Path:
+    """Write one user reference atomically as ``<name>.json``; refuses to overwrite, and
+    refuses a name ``--reference`` could not reach (see :func:`check_new_reference`)."""
+    directory = directory or user_reference_dir()
+    check_new_reference(reference.name, reference.family, load_library(directory), directory)
     path = directory / f"{reference.name}.json"
+    if path.exists():
+        raise DuplicateNameError(
+            f"{path} exists already (it holds another reference): delete it first, or choose "
+            "another --name"
+        )
     text = json.dumps(library_document([reference]), indent=1, allow_nan=False)
     return atomic_write_text(path, text + "\n")

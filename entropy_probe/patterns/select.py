@@ -8,7 +8,7 @@ well-trained checkpoint (profiled on the spot).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,11 +23,20 @@ from entropy_probe.patterns.pattern import (
     layer_group,
     profile_pattern,
 )
-from entropy_probe.patterns.reference import ReferenceLibrary, load_library
+from entropy_probe.patterns.reference import AUTO, NONE, ReferenceLibrary, load_library
 
-__all__ = ["AUTO", "Traits", "compare_with", "guess_family", "resolve_band", "resolve_pattern"]
+__all__ = [
+    "AUTO",
+    "NONE",
+    "Traits",
+    "check_reference",
+    "compare_with",
+    "guess_family",
+    "known_references",
+    "resolve_band",
+    "resolve_pattern",
+]
 
-AUTO = "auto"
 CLASSIFIER, SEGMENTER = "classifier_cnn", "encoder_decoder"
 DENSE_AE, CONV_AE = "dense_autoencoder", "conv_autoencoder"
 DENSE_CLASSIFIER = "classifier_mlp"
@@ -92,9 +101,21 @@ def guess_family(profile: Profile, families: list[str]) -> tuple[str, str]:
     return fallback, f"{why}; no {wanted} family exists, nearest is {fallback}"
 
 
-def _known(library: ReferenceLibrary) -> list[str]:
-    """Every name ``--reference`` accepts: auto, the families and the references."""
-    return sorted([AUTO, *library.families, *(r.name for r in library.references)])
+def known_references(library: ReferenceLibrary, keywords: Sequence[str] = (AUTO,)) -> list[str]:
+    """Every name a ``--reference`` option accepts: its ``keywords`` (``auto``; ``report``'s
+    also ``none``), the families and the references."""
+    return sorted([*keywords, *library.families, *(r.name for r in library.references)])
+
+
+def check_reference(
+    reference: str, library: ReferenceLibrary, keywords: Sequence[str] = (AUTO,)
+) -> None:
+    """Refuse a ``--reference`` name that is none of ``keywords``, a family or a reference,
+    listing exactly those; call it before loading the model (``report`` passes
+    ``(AUTO, NONE)``)."""
+    known = known_references(library, keywords)
+    if reference not in known:
+        raise unknown_name("reference", reference, known, listing="known")
 
 
 def resolve_band(
@@ -119,7 +140,7 @@ def resolve_band(
         single = library.get(reference)
         return family_band(single.name, [single], quantity), f"reference {single.name}"
     else:
-        raise unknown_name("reference", reference, _known(library), listing="known")
+        raise unknown_name("reference", reference, known_references(library), listing="known")
     members = library.family(family, exclude=exclude)
     return family_band(family, members, quantity), picked
 
@@ -167,7 +188,7 @@ def resolve_pattern(
         raise unknown_name(
             "reference (family, reference name or checkpoint)",
             reference,
-            _known(library),
+            known_references(library),
             listing="known",
         )
     if profile_source is None:

