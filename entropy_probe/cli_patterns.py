@@ -16,10 +16,11 @@ from entropy_probe.cli import (
     _SOURCES,
     _model_options,
     _run_profile,
+    check_output_path,
     write_json_option,
 )
 from entropy_probe.cli_errors import friendly_errors as _friendly_errors
-from entropy_probe.errors import EntropyProbeError, unknown_name
+from entropy_probe.errors import unknown_name
 from entropy_probe.patterns.compare import Comparison, family_band
 from entropy_probe.patterns.pattern import DEFAULT_QUANTITY, RELATIVE_EXCESS_FLOOR, Quantity
 from entropy_probe.patterns.reference import (
@@ -55,10 +56,11 @@ def _quantity_option(func: F) -> F:
     )(func)
 
 
-def _check_json_path(json_path: str | None) -> None:
-    """``--json ""`` would write nothing and succeed: refuse it before any work."""
-    if json_path is not None and not json_path.strip():
-        raise EntropyProbeError("--json needs a file name (got an empty one); - writes to stdout")
+def _check_json_path(json_path: str | None, opts: dict[str, Any] | None = None) -> None:
+    """Before any work: ``--json ""`` would write nothing and succeed, and ``--json`` naming
+    an input of the run (SOURCE, --weights) would destroy it."""
+    if json_path is not None:
+        check_output_path("--json", json_path, opts or {})
 
 
 def _console() -> Console:
@@ -131,7 +133,7 @@ def print_comparison(result: Comparison) -> None:
 def compare(reference_name: str, quantity: str, json_path: str | None, **opts: Any) -> None:
     from entropy_probe.patterns.select import check_reference, compare_with
 
-    _check_json_path(json_path)
+    _check_json_path(json_path, opts)
     library = load_library()  # fail on a broken user reference before the model loads
     check_reference(reference_name, library)  # and on an unknown name
     result = compare_with(_run_profile(opts), reference_name, quantity=quantity, library=library)

