@@ -5,7 +5,8 @@
 * a **built-in dataset** name (``mnist5k``, ``digits``, ``nuclei``; :mod:`entropy_probe.datasets`),
   split with :func:`~entropy_probe.datasets.train_val_split`;
 * for ``classify`` (and ``autoencode``), an **ImageFolder-style directory**: one sub-folder per
-  class, holding images (class ids follow the sorted folder names);
+  class, holding images (class ids follow the sorted folder names; ``classify`` refuses fewer
+  than 2 class folders and names a class folder without images);
 * for ``segment``, a directory with ``images/`` and ``masks/`` holding files with the same stems;
   a mask is a single-channel image of class ids (0 = background; a 0/255 mask counts as binary);
 * for ``autoencode``, also any folder of images (searched recursively).
@@ -228,10 +229,20 @@ def _read_dir(
     labels: list[int] = []
     for label, name in enumerate(subdirs):
         found = _visible_files(root / name)
+        if not found and task.name == "classify":
+            raise SourceError(
+                f"--data {root}: class folder {name}/ holds no images: add images of that "
+                "class, or remove the folder"
+            )
         files += found
         labels += [label] * len(found)
     if not files:
         raise SourceError(f"--data {root}: the class folders hold no images")
+    if task.name == "classify" and len(subdirs) < 2:
+        raise SourceError(
+            f"--data {root}: classification needs at least 2 classes, and it has 1 class "
+            f"folder ({subdirs[0]}/): add a sub-folder of images per class"
+        )
     x = _read_images(root, files, image_shape)
     ids = torch.tensor(labels, dtype=torch.int64) if task.name == "classify" else None
     return x, ids, subdirs

@@ -109,3 +109,29 @@ def test_match_input_converts_and_says_so():
     assert any("repeated 3 times" in n for n in rgb.notes)
     assert any("8x8 images are resized to the model's 16x16" in n for n in rgb.notes)
     assert match_input(digits, 1, (8, 8)).notes == ()
+
+
+def test_a_classification_folder_needs_two_classes_with_images(tmp_path: Path):
+    """One class folder would train a 1-output head that scores accuracy 1.0; an empty class
+    folder would get an output no sample ever trains: both are refused, naming the folder."""
+    one = tmp_path / "one"
+    for i in range(4):
+        _png(one / "cat" / f"c{i}.png", 10 * i)
+    with pytest.raises(SourceError, match=r"at least 2 classes.*1 class folder \(cat/\)"):
+        load_task_data(one, "classify")
+    empty = _image_folder(tmp_path / "empty")
+    (empty / "eel").mkdir()
+    (empty / "eel" / ".hidden").write_bytes(b"hidden files do not count")
+    with pytest.raises(SourceError, match=r"class folder eel/ holds no images") as info:
+        load_task_data(empty, "classify")
+    assert "\n" not in str(info.value)
+    assert load_task_data(empty, "autoencode").train_y is None  # no classes there: accepted
+
+
+def test_an_empty_class_folder_in_val_is_named(tmp_path: Path):
+    _image_folder(tmp_path / "train")
+    _image_folder(tmp_path / "val")
+    for file in (tmp_path / "val" / "dog").glob("*.png"):
+        file.unlink()
+    with pytest.raises(SourceError, match=r"val: class folder dog/ holds no images"):
+        load_task_data(tmp_path, "classify")
