@@ -171,14 +171,23 @@ class EntropyLoss:
             if mode is LossMode.DIRECTION:
                 value = float(math.copysign(1.0, value)) if value != 0 else 0.0
             self._targeted.setdefault(layer.group, []).append(_Targeted(layer, value))
-        if not self._targeted:
+        # λ > 0 only for groups without a target would make every call return nothing
+        active = {group for group, value in self.lambdas.items() if value > 0}
+        if not self._targeted or (active and not active & set(self._targeted)):
             groups = sorted({str(layer.group) for layer in layers})
+            curves = sorted(str(group) for group in reference.curves)
             raise LossConfigError(
                 f"the reference {reference.label!r} has no curve for this model's layer groups "
-                f"({', '.join(groups)}): use a reference of the same kind of network"
+                f"({', '.join(groups)}) given a λ > 0 (it has {' and '.join(curves) or 'no'} "
+                "curves): use a reference of the same kind of network"
             )
         self._model_id = id(model)
         self._modules = module_map(model, layers)
+
+    @property
+    def groups(self) -> tuple[LayerGroup, ...]:
+        """The groups that get a term: layers in the model, a curve in the reference, λ > 0."""
+        return tuple(g for g in self._targeted if self.lambdas.get(g, 0.0) > 0)
 
     def _modules_of(self, model: nn.Module) -> dict[str, nn.Module]:
         if id(model) != self._model_id:
@@ -282,6 +291,7 @@ def build_entropy_loss(
     tau: float = 1.0,
     amortise: str = str(DEFAULT_AMORTISE),
     batch_size: int | None = None,
+    strict: bool = False,
 ) -> EntropyLoss:
     """Entropy loss terms for ``model`` (DESIGN.md 2.5).
 
@@ -295,6 +305,13 @@ def build_entropy_loss(
     ``every="auto"`` (needs ``batch_size``) picks the smallest ``every`` that keeps the terms
     within 5% of the training step by the FLOP model of :mod:`entropy_probe.train.loss_cost`
     (``EntropyLoss.cost_in_steps`` keeps the estimate).
+
+    A group (dense or conv) gets a term only where the model has analysable layers of it and
+    the reference has a curve for it; :attr:`EntropyLoss.groups` lists those that do. By
+    default a λ > 0 for any other group has no effect (model-agnostic code can pass both);
+    ``strict=True`` (what ``entropy-probe finetune`` uses) refuses it with a
+    :class:`LossConfigError` naming the reference and the groups it and the model have. With
+    no group left at all it is refused either way.
     """
     loss_mode = _choice(LossMode, mode, "mode")
     qty = _choice(Quantity, quantity, "quantity")
@@ -326,6 +343,9 @@ def build_entropy_loss(
             "nothing to act on"
         )
     pattern = _resolve_reference(reference, qty, profile)
+    lambdas = {LayerGroup.DENSE: float(lambda_dense), LayerGroup.CONV: float(lambda_conv)}
+    if strict:
+        _check_groups(layers, pattern, lambdas)
     cost = _cost_in_steps(layers, profile, batch_size)
     if auto:
         every = auto_every(cost) if cost is not None else DEFAULT_EVERY
@@ -334,7 +354,7 @@ def build_entropy_loss(
         layers,
         pattern,
         mode=loss_mode,
-        lambdas={LayerGroup.DENSE: float(lambda_dense), LayerGroup.CONV: float(lambda_conv)},
+        lambdas=lambdas,
         every=every,
         amortise=spread,
         tau=float(tau),
@@ -343,6 +363,31 @@ def build_entropy_loss(
     )
     loss.cost_in_steps = cost
     return loss
+
+
+def _check_groups(
+    layers: list[LossLayer], pattern: ReferencePattern, lambdas: Mapping[LayerGroup, float]
+) -> None:
+    """Refuse a λ > 0 for a group the model has no analysable layer of, or the reference has
+    no curve for (strict mode): that term would silently be nothing."""
+    have = sorted({str(layer.group) for layer in layers})
+    curves = sorted(str(g) for g in pattern.curves)
+    label = pattern.label or "given"
+    for group, value in lambdas.items():
+        if value <= 0:
+            continue
+        asked = f"lambda_{group}={value:g} (--lambda-{group}) asks for a {group} term"
+        if group not in {layer.group for layer in layers}:
+            raise LossConfigError(
+                f"{asked}, but the model has no analysable {group} layer (it has "
+                f"{' and '.join(have)} layers): set lambda_{group} to 0"
+            )
+        if group not in pattern.curves:
+            raise LossConfigError(
+                f"{asked}, but the reference {label!r} has no {group} curve (it has "
+                f"{' and '.join(curves) or 'no'} curves): choose a reference of a network "
+                f"with {group} layers (entropy-probe reference list), or set lambda_{group} to 0"
+            )
 
 
 def _cost_in_steps(

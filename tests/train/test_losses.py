@@ -521,3 +521,49 @@ def test_reference_by_name_resolves_through_the_pattern_store() -> None:
         build_entropy_loss(
             model, lambda_dense=1, lambda_conv=1, reference="nosuchfamily", example_input=x
         )
+
+
+def test_strict_refuses_a_lambda_whose_group_has_no_target() -> None:
+    """``strict`` (what finetune uses): a λ > 0 for a group the model lacks, or the reference
+    has no curve for, is an error naming the reference and what it and the model have."""
+    x = torch.randn(1, 12)
+    dense_only = ReferencePattern(
+        Quantity.SHAPE_EXCESS, {LayerGroup.DENSE: DepthCurve((0.0,), (-0.2,))}, "family mlp"
+    )
+    with pytest.raises(LossConfigError, match="model has no analysable conv layer") as info:
+        build_entropy_loss(
+            mlp(), lambda_dense=1, lambda_conv=0.5, reference=flat(0), example_input=x, strict=True
+        )
+    assert "lambda_conv=0.5 (--lambda-conv)" in str(info.value) and "dense layers" in str(
+        info.value
+    )
+    model, image = small_cnn(), torch.randn(1, 3, 8, 8)
+    with pytest.raises(
+        LossConfigError, match=r"reference 'family mlp' has no conv curve \(it has dense curves\)"
+    ):
+        build_entropy_loss(
+            model, lambda_dense=0, lambda_conv=0.1, reference=dense_only, example_input=image,
+            strict=True,
+        )  # fmt: skip
+    strict = build_entropy_loss(
+        model, lambda_dense=0.1, lambda_conv=0, reference=dense_only, example_input=image,
+        every=1, strict=True,
+    )  # fmt: skip
+    assert strict.groups == (LayerGroup.DENSE,) and set(strict(model, 0)) == {"dense"}
+
+
+def test_without_strict_a_lambda_with_no_target_never_makes_the_loss_empty() -> None:
+    """The lenient default leaves out a group without a target (``groups`` says which are
+    left), but λ > 0 only for such groups would make every call return nothing: refused."""
+    model, image = small_cnn(), torch.randn(1, 3, 8, 8)
+    dense_only = ReferencePattern(
+        Quantity.SHAPE_EXCESS, {LayerGroup.DENSE: DepthCurve((0.0,), (-0.2,))}, "family mlp"
+    )
+    both = build_entropy_loss(
+        model, lambda_dense=1, lambda_conv=1, reference=dense_only, example_input=image, every=1
+    )
+    assert both.groups == (LayerGroup.DENSE,)
+    with pytest.raises(LossConfigError, match=r"given a λ > 0 \(it has dense curves\)"):
+        build_entropy_loss(
+            model, lambda_dense=0, lambda_conv=1, reference=dense_only, example_input=image
+        )
