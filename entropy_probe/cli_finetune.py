@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -38,6 +39,26 @@ def _errors(func: F) -> F:
 
 def _main_rank() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
+
+
+class _FiniteFloat(click.FloatRange):
+    """A FloatRange that also refuses nan and ±inf (which compare false with every bound)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            bound = f"{'>' if self.min_open else '>='} {self.min:g}"
+            self.fail(f"{number} is not a finite number: give a number {bound}", param, ctx)
+        return number
+
+
+def _out_dir(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not value.strip():
+        raise click.BadParameter(
+            "an empty path would write the run into the current directory: give a directory "
+            "name, e.g. --out runs/a"
+        )
+    return value
 
 
 def _every(value: str) -> int | str:
@@ -90,17 +111,19 @@ def _every(value: str) -> int | str:
 )
 @click.option(
     "--lambda-dense",
-    type=click.FloatRange(min=0),
+    type=_FiniteFloat(min=0),
     default=0.0,
     show_default=True,
-    help="Weight of the dense-layer entropy term (0: off).",
+    help="Weight of the dense-layer entropy term (0: off; > 0 is refused when the model has no "
+    "dense layer or the reference no dense curve).",
 )
 @click.option(
     "--lambda-conv",
-    type=click.FloatRange(min=0),
+    type=_FiniteFloat(min=0),
     default=0.0,
     show_default=True,
-    help="Weight of the conv-layer entropy term (0: off).",
+    help="Weight of the conv-layer entropy term (0: off; > 0 is refused when the model has no "
+    "conv layer or the reference no conv curve).",
 )
 @click.option(
     "--mode",
@@ -127,6 +150,7 @@ def _every(value: str) -> int | str:
 @click.option(
     "--out",
     type=click.Path(file_okay=False),
+    callback=_out_dir,
     default="finetune_out",
     show_default=True,
     help="Output directory (locked while a run writes it).",
@@ -145,7 +169,7 @@ def _every(value: str) -> int | str:
 )
 @click.option(
     "--lr",
-    type=click.FloatRange(min=0, min_open=True),
+    type=_FiniteFloat(min=0, min_open=True),
     default=1e-3,
     show_default=True,
     help="Learning rate (the peak of onecycle).",
@@ -159,7 +183,7 @@ def _every(value: str) -> int | str:
 )
 @click.option(
     "--weight-decay",
-    type=click.FloatRange(min=0),
+    type=_FiniteFloat(min=0),
     default=0.0,
     show_default=True,
     help="L2 (adam, sgd) or decoupled (adamw) weight decay.",

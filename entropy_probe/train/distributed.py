@@ -51,7 +51,9 @@ def resolve_train_device(device: str, local_rank: int = 0) -> torch.device:
         raise EntropyProbeError(f"--device {device!r}: fine-tuning runs on auto, cpu or cuda[:N]")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise EntropyProbeError("--device cuda: no CUDA device is available here")
+            raise EntropyProbeError(
+                f"--device {device}: no CUDA device is available here: use --device cpu (or auto)"
+            )
         if ":" not in device:  # plain "cuda": this process's local rank
             dev = torch.device("cuda", local_rank)
     return dev

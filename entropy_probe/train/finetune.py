@@ -9,8 +9,10 @@ checkpoints, ``run_config.json`` and ``finetune.json`` (what was done, with ever
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import math
 import os
 import warnings
 from collections.abc import Callable
@@ -26,7 +28,14 @@ from entropy_probe.errors import EntropyProbeError, SourceError, first_line
 from entropy_probe.loading import DEFAULT_SOURCE, LoadedModel, LoadOptions, load_model
 from entropy_probe.train.checkpoint import RunLock, list_checkpoints, safe_path
 from entropy_probe.train.data import TaskData, as_task_data, match_input
-from entropy_probe.train.loop import EpochRecord, FitConfig, FitResult, fit
+from entropy_probe.train.loop import (
+    CONFIG_NAME,
+    METRICS_NAME,
+    EpochRecord,
+    FitConfig,
+    FitResult,
+    fit,
+)
 from entropy_probe.train.onnx_head import make_matmul_weights_trainable
 from entropy_probe.train.tasks import (
     Task,
@@ -37,7 +46,7 @@ from entropy_probe.train.tasks import (
     output_channels_for,
 )
 
-__all__ = ["FinetuneResult", "finetune", "onnx_to_torch", "prepare_model"]
+__all__ = ["FinetuneResult", "finetune", "onnx_fixed_size", "onnx_to_torch", "prepare_model"]
 
 
 @dataclass
@@ -132,16 +141,24 @@ def prepare_model(
     input_shape: tuple[int, ...] | None = None,
     normalise: tuple[Any, Any] | None = None,
     seed: int = 0,
+    fixed_size: tuple[int | None, int | None] | None = None,
 ) -> tuple[TaskData, list[str]]:
     """Fit ``data`` to ``module`` and ``module``'s head to the data; return the data and notes.
 
     Channels follow ``input_shape`` (grey → RGB by repetition, RGB → grey by luma). The data's
-    H×W is kept when the model accepts it, else resized to ``input_shape``. The head is
-    replaced when its output count does not fit (its init is seeded with ``seed``).
+    H×W is resized to ``fixed_size`` (H, W; ``None`` for a free dim) when the model declares
+    one (an ONNX input whose export fixed its size); otherwise it is kept when the model
+    accepts it, else resized to ``input_shape``. The head is replaced when its output count
+    does not fit (its init is seeded with ``seed``).
     """
     notes: list[str] = []
     channels = input_shape[0] if input_shape is not None and len(input_shape) == 3 else None
     data = match_input(data, channels, None, normalise)
+    if fixed_size is not None and data.val_x.dim() == 4:
+        height, width = (int(s) for s in data.val_x.shape[-2:])
+        size = (fixed_size[0] or height, fixed_size[1] or width)
+        if size != (height, width):
+            data = match_input(data, None, size)
     x = data.val_x[:2]
     output, problem = _try_forward(module, x)
     if problem is not None and input_shape is not None and len(input_shape) == 3:
@@ -228,6 +245,54 @@ def _save_outputs(
     return files, notes
 
 
+def _declared_dims(value_info: Any) -> list[tuple[int | None, str]] | None:
+    """(fixed size or None, symbolic name) of each declared dim of an ONNX graph input or
+    output; None when it declares no shape."""
+    ttype = value_info.type.tensor_type
+    if not ttype.HasField("shape") or len(ttype.shape.dim) == 0:
+        return None
+    return [
+        (int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None, d.dim_param)
+        for d in ttype.shape.dim
+    ]
+
+
+def onnx_fixed_size(loaded: LoadedModel) -> tuple[int | None, int | None] | None:
+    """The (H, W) an ONNX source's (C, H, W) input declares (``None`` for a dynamic dim), or
+    None when it is not an ONNX image model or fixes neither."""
+    if loaded.format != "onnx" or loaded.onnx_model is None:
+        return None
+    from entropy_probe.loading.onnx_loader import first_real_input
+
+    inp = first_real_input(loaded.onnx_model)
+    dims = _declared_dims(inp) if inp is not None else None
+    if dims is None or len(dims) != 4:
+        return None
+    height, width = dims[2][0], dims[3][0]
+    return None if height is None and width is None else (height, width)
+
+
+def _onnx_dynamic_axes(loaded: LoadedModel, name: str) -> dict[str, dict[int, str]]:
+    """The export's dynamic axes: the batch, and every other dim the source left dynamic
+    (named as it named them), so ``model.onnx`` declares the source's input shape."""
+    axes: dict[str, dict[int, str]] = {name: {0: "batch"}, "output": {0: "batch"}}
+    if loaded.onnx_model is None:
+        return axes
+    from entropy_probe.loading.onnx_loader import first_real_input
+
+    graph = loaded.onnx_model.graph
+    for key, info in ((name, first_real_input(loaded.onnx_model)), ("output", None)):
+        if key == "output":
+            info = graph.output[0] if len(graph.output) else None
+        dims = _declared_dims(info) if info is not None else None
+        for i, (size, symbol) in enumerate(dims or []):
+            if i == 0:
+                axes[key][0] = symbol or "batch"
+            elif size is None:
+                axes[key][i] = symbol or f"{key}_dim{i}"
+    return axes
+
+
 def _export_onnx(loaded: LoadedModel, module: nn.Module, data: TaskData, path: Path) -> Path:
     name = str(loaded.meta.get("input_name") or "input")
     example = data.val_x[:1].to(next(module.parameters()).device)
@@ -245,7 +310,7 @@ def _export_onnx(loaded: LoadedModel, module: nn.Module, data: TaskData, path: P
                 opset_version=17,
                 input_names=[name],
                 output_names=["output"],
-                dynamic_axes={name: {0: "batch"}, "output": {0: "batch"}},
+                dynamic_axes=_onnx_dynamic_axes(loaded, name),
             )
     except Exception as exc:  # torch.onnx raises many kinds; the user gets one line
         raise EntropyProbeError(
@@ -298,11 +363,24 @@ def finetune(
     ``lambda_dense``/``lambda_conv`` > 0 add the entropy loss terms of
     :func:`entropy_probe.train.losses.build_entropy_loss` (``mode``, ``reference``, evaluated
     every ``entropy_every`` steps: ``auto`` keeps them within 5% of a step); with both 0 that
-    module is not even imported.
+    module is not even imported. A λ > 0 for a group the model or the reference lacks is
+    refused (``strict=True``).
+
+    Options, the device and ``out_dir`` are checked before anything is loaded or written; a
+    run that still fails before its first checkpoint removes the files it wrote and the
+    directories it created.
     """
     cfg = config or FitConfig(log_entropy=True)
+    # Everything that can be checked before loading anything, so that a refused run leaves
+    # no file and no directory behind.
+    out = _check_out_dir(out_dir, resume)
+    cfg.check_device()
+    for name, value in (("lambda_dense", lambda_dense), ("lambda_conv", lambda_conv)):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise EntropyProbeError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not math.isfinite(value) or value < 0:
+            raise EntropyProbeError(f"{name} must be a finite number >= 0, got {value}")
     the_task = get_task(task)
-    out = Path(out_dir).expanduser()
     loaded = load_model(
         source,
         LoadOptions(
@@ -327,7 +405,13 @@ def finetune(
         wanted = shape[0] if shape is not None else int(task_data.train_x.shape[1])
         normalise = normalisation(loaded, wanted) if loaded.format != "default" else None
     task_data, head_notes = prepare_model(
-        module, the_task, task_data, input_shape=shape, normalise=normalise, seed=cfg.seed
+        module,
+        the_task,
+        task_data,
+        input_shape=shape,
+        normalise=normalise,
+        seed=cfg.seed,
+        fixed_size=onnx_fixed_size(loaded),
     )
     notes += list(task_data.notes) + head_notes
     aux = None
@@ -343,6 +427,7 @@ def finetune(
             example_input=task_data.train_x[:1],
             every=entropy_every,
             batch_size=cfg.batch_size,
+            strict=True,
         )
         cost = aux.cost_in_steps
         notes.append(
@@ -358,12 +443,109 @@ def finetune(
         "reference": reference if aux is not None else None,
         "entropy_every": aux.every if aux is not None else None,
     }
+    result, files = _locked_run(
+        loaded,
+        module,
+        the_task,
+        task_data,
+        cfg,
+        out,
+        aux=aux,
+        extra=extra,
+        notes=notes,
+        resume=resume,
+        progress=progress,
+        on_step=on_step,
+        on_epoch=on_epoch,
+    )
+    return FinetuneResult(result, loaded.source, loaded.format, out, files, notes)
+
+
+def _check_out_dir(out_dir: str | Path, resume: bool) -> Path:
+    """``out_dir`` as a path, refused when empty, a file, or (without ``resume``) a directory
+    that already holds a run."""
+    if not str(out_dir).strip():
+        raise EntropyProbeError(
+            "the output directory is empty: give --out a directory name (an empty one would "
+            "write the run into the current directory)"
+        )
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise EntropyProbeError(f"--out {out} is a file, not a directory: choose another --out")
+    if list_checkpoints(out) and not resume:
+        raise EntropyProbeError(
+            f"{out} already holds a run: pass --resume to continue it, or choose another --out"
+        )
+    return out
+
+
+def _missing_dirs(out: Path) -> list[Path]:
+    """``out`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    path = out.absolute()
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+_RUN_FILES = ("profile_before.json", CONFIG_NAME, METRICS_NAME)
+"""What a run writes before its first checkpoint."""
+
+
+def _existing(out: Path) -> set[str]:
+    return {name for name in _RUN_FILES if (out / name).exists()}
+
+
+def _remove_new_files(out: Path, existed: set[str]) -> None:
+    """Remove the run files that did not exist when this run took the lock (called with the
+    lock still held: they are this run's own)."""
+    for name in _RUN_FILES:
+        if name not in existed:
+            with contextlib.suppress(OSError, EntropyProbeError):
+                safe_path(out, name).unlink(missing_ok=True)
+
+
+def _remove_empty_dirs(created: list[Path]) -> None:
+    """``created`` (deepest first), as far as they are empty: nothing else is touched."""
+    for path in created:
+        try:
+            path.rmdir()
+        except OSError:
+            return
+
+
+def _locked_run(
+    loaded: LoadedModel,
+    module: nn.Module,
+    the_task: Task,
+    task_data: TaskData,
+    cfg: FitConfig,
+    out: Path,
+    *,
+    aux: Any,
+    extra: dict[str, Any],
+    notes: list[str],
+    resume: bool,
+    progress: bool | None,
+    on_step: Callable[[int, int], None] | None,
+    on_epoch: Callable[[EpochRecord], None] | None,
+) -> tuple[FitResult, dict[str, Path]]:
+    """Lock ``out``, profile, ``fit``, profile again and save (files on rank 0 only).
+
+    A run that fails before writing a checkpoint removes the files it added and the
+    directories it created: a refused run leaves nothing behind."""
     main = _is_main()
     lock = RunLock(out) if main else None
+    created = _missing_dirs(out) if main else []
     files: dict[str, Path] = {}
+    existed: set[str] | None = None  # set once this run holds the lock
+    checkpoints = list_checkpoints(out)
+    failed = False
     try:
         if lock is not None:
             lock.acquire()
+            existed = _existing(out)
             if lock.note:
                 notes.append(lock.note)
             if list_checkpoints(out) and not resume:
@@ -417,7 +599,14 @@ def finetune(
             files["summary"] = atomic_write_text(
                 safe_path(out, "finetune.json"), json.dumps(summary, indent=2) + "\n"
             )
+    except Exception:
+        failed = existed is not None and list_checkpoints(out) == checkpoints
+        if failed and existed is not None:
+            _remove_new_files(out, existed)
+        raise
     finally:
         if lock is not None:
             lock.release()
-    return FinetuneResult(result, loaded.source, loaded.format, out, files, notes)
+        if failed and created:
+            _remove_empty_dirs(created)
+    return result, files

@@ -38,6 +38,7 @@ from entropy_probe.train.distributed import (
     all_gather_objects,
     all_reduce_sum,
     broadcast_object,
+    resolve_train_device,
     setup,
     shard,
 )
@@ -78,19 +79,44 @@ class FitConfig:
     log_entropy: bool = False  # per-layer delta_h_per_dim / spectral_shape after each epoch
 
     def validate(self) -> None:
+        """Raise a one-line :class:`EntropyProbeError` naming the first invalid field."""
         checks = [
             (isinstance(self.epochs, int) and self.epochs >= 1, "epochs must be >= 1"),
             (isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size must be >= 1"),
-            (math.isfinite(self.lr) and self.lr > 0, "lr must be a positive number"),
+            (
+                _finite(self.lr, 0.0, open_min=True),
+                f"lr must be a finite number > 0, got {self.lr}",
+            ),
             (self.optimizer in _OPTIMIZERS, f"optimizer must be one of {', '.join(_OPTIMIZERS)}"),
             (self.schedule in _SCHEDULES, f"schedule must be one of {', '.join(_SCHEDULES)}"),
             (self.amp in _AMP, f"amp must be one of {', '.join(_AMP)}"),
-            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (
+                _finite(self.weight_decay, 0.0),
+                f"weight_decay must be a finite number >= 0, got {self.weight_decay}",
+            ),
+            (
+                _finite(self.momentum, 0.0),
+                f"momentum must be a finite number >= 0, got {self.momentum}",
+            ),
             (isinstance(self.eval_every, int) and self.eval_every >= 1, "eval_every must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:
                 raise EntropyProbeError(f"invalid fit config: {message}")
+
+    def check_device(self) -> torch.device:
+        """Validate the config and resolve this process's device (``LOCAL_RANK`` under
+        torchrun) without starting anything: a one-line :class:`EntropyProbeError` when the
+        device is missing or ``amp`` is asked for off CUDA. ``fit`` and ``finetune`` call it
+        before they create or write any file."""
+        self.validate()
+        device = resolve_train_device(self.device, int(os.environ.get("LOCAL_RANK", "0")))
+        if self.amp != "off" and device.type != "cuda":
+            raise EntropyProbeError(
+                f"amp={self.amp} needs a CUDA device (this run is on {device.type}): leave amp "
+                "off (--amp off) on a CPU"
+            )
+        return device
 
 
 @dataclass
@@ -156,12 +182,10 @@ def fit(
     ``progress``: a tqdm bar per epoch (default: when stderr is a terminal; rank 0 only).
     """
     cfg = config or FitConfig()
-    cfg.validate()
+    cfg.check_device()
     the_task = get_task(task)
     task_data = as_task_data(data, the_task)
     with setup(cfg.device) as info:
-        if cfg.amp != "off" and info.device.type != "cuda":
-            raise EntropyProbeError(f"amp={cfg.amp} needs a CUDA device (this run is on CPU)")
         runner = _Runner(model, the_task, task_data, cfg, info, aux_loss, on_step, on_epoch)
         out = Path(out_dir) if out_dir is not None else None
         with _rng_scope(cfg.seed + info.rank, info.device), _deterministic(cfg, info.device):
@@ -621,8 +645,8 @@ class _Runner:
         # a BatchNorm folded into its layer is counted in that layer's values
         return {
             layer.name: {
-                "delta_h_per_dim": _finite(layer.delta_h_per_dim),
-                "spectral_shape": _finite(layer.spectral_shape),
+                "delta_h_per_dim": _finite_or_none(layer.delta_h_per_dim),
+                "spectral_shape": _finite_or_none(layer.spectral_shape),
                 "shape_excess": layer_value(layer, Quantity.SHAPE_EXCESS),
             }
             for layer in prof.analysed
@@ -630,8 +654,17 @@ class _Runner:
         }
 
 
-def _finite(value: float | None) -> float | None:
+def _finite_or_none(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
+
+
+def _finite(value: object, minimum: float, *, open_min: bool = False) -> bool:
+    """``value`` is a real, finite number >= ``minimum`` (> with ``open_min``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if not math.isfinite(value):
+        return False
+    return value > minimum if open_min else value >= minimum
 
 
 def epoch_line(r: EpochRecord, epochs: int) -> str:

@@ -212,3 +212,185 @@ def test_resume_with_changed_options_is_refused(tmp_path: Path):
     assert run(*base).exit_code == 0
     assert_clean_error(run(*base), "already holds a run: pass --resume")
     assert_clean_error(run(*base, "--resume", "--seed", "1"), "seed: 0 → 1")
+
+
+# --------------------------------------------------------------------------------------------
+# tiny ONNX sources (fast: a conv and a head)
+
+
+class _PoolNet(nn.Module):
+    """Runs on any input size (global pooling), as most exported CNN classifiers do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.head(torch.relu(self.conv(x)).mean(dim=(2, 3))), dim=1)
+
+
+def _export(path: Path, dynamic: dict[int, str]) -> Path:
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _PoolNet().eval(), (torch.rand(1, 3, 16, 16),), str(path), dynamo=False,
+            opset_version=17, input_names=["pixels"], dynamic_axes={"pixels": dynamic},
+        )  # fmt: skip
+    return path
+
+
+def _declared(path: Path) -> list[int | str]:
+    import onnx
+
+    dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_param or d.dim_value for d in dims]
+
+
+# --------------------------------------------------------------------------------------------
+# refused runs: one line, and nothing written
+
+
+def test_an_empty_out_is_refused_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from entropy_probe.errors import EntropyProbeError
+    from entropy_probe.train.finetune import finetune
+
+    monkeypatch.chdir(tmp_path)
+    result = run("--task", "classify", "--data", "digits", "--out", "", "--epochs", "1")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "Invalid value for '--out': an empty path would write the run into" in result.stderr
+    with pytest.raises(EntropyProbeError, match="the output directory is empty"):
+        finetune(task="classify", data="digits", out_dir="")
+    assert list(tmp_path.iterdir()) == []
+
+
+_NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        pytest.param(("--amp", "bf16"), 1, "amp=bf16 needs a CUDA device", marks=_NO_CUDA),
+        pytest.param(("--device", "cuda"), 1, "no CUDA device is available", marks=_NO_CUDA),
+        (("--lr", "nan"), 2, "'--lr': nan is not a finite number: give a number > 0"),
+        (("--lr", "inf"), 2, "'--lr': inf is not a finite number"),
+        (("--weight-decay", "nan"), 2, "'--weight-decay': nan is not a finite number"),
+        (("--weight-decay", "inf"), 2, "'--weight-decay': inf is not a finite number"),
+        (("--lambda-dense", "nan"), 2, "'--lambda-dense': nan is not a finite number"),
+        (("--lambda-conv", "inf"), 2, "'--lambda-conv': inf is not a finite number"),
+    ],
+)
+def test_refused_options_leave_no_output_directory(
+    tmp_path: Path, args: tuple[str, ...], code: int, message: str
+):
+    out = tmp_path / "o"
+    result = run("--task", "classify", "--data", "digits", "--out", str(out), *FAST, *args)
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert not out.exists()
+
+
+def test_the_python_pipeline_checks_its_options_before_writing(tmp_path: Path):
+    from entropy_probe.errors import EntropyProbeError
+    from entropy_probe.train import FitConfig
+    from entropy_probe.train.finetune import finetune
+
+    out = tmp_path / "o"
+    for config, kwargs, message in [
+        (FitConfig(lr=float("nan")), {}, "lr must be a finite number > 0, got nan"),
+        (FitConfig(weight_decay=float("inf")), {}, "weight_decay must be a finite number >= 0"),
+        (FitConfig(device="cpu", amp="bf16"), {}, "amp=bf16 needs a CUDA device"),
+        (FitConfig(device="cpu"), {"lambda_dense": float("nan")}, "lambda_dense must be a finite"),
+    ]:
+        with pytest.raises(EntropyProbeError, match=message):
+            finetune(task="classify", data="digits", out_dir=out, config=config, **kwargs)
+        assert not out.exists()
+
+
+def test_a_run_failing_before_its_first_checkpoint_leaves_nothing_new(tmp_path: Path):
+    """Not every refusal can be known before the run starts (here the loss diverges at once):
+    the files it wrote and the directories it created are removed again; a directory that
+    was there already is left as it was."""
+    source = str(_export(tmp_path / "m.onnx", {0: "b", 2: "h", 3: "w"}))
+    data = str(_classes(tmp_path / "d", size=8))
+    diverge = (*FAST, "--lr", "1e30", "--optimizer", "sgd", "--batch-size", "4")
+    nested = tmp_path / "runs" / "a"
+    result = run(source, "--task", "classify", "--data", data, "--out", str(nested), *diverge)
+    assert_clean_error(result, "the loss became")
+    assert not (tmp_path / "runs").exists()
+    there = tmp_path / "there"
+    there.mkdir()
+    (there / "mine.txt").write_text("kept")
+    result = run(source, "--task", "classify", "--data", data, "--out", str(there), *diverge)
+    assert_clean_error(result, "the loss became")
+    assert sorted(p.name for p in there.iterdir()) == ["mine.txt"]
+
+
+def test_one_class_or_an_empty_class_folder_is_refused(tmp_path: Path):
+    data, out = _classes(tmp_path / "one", n=1), tmp_path / "o"
+    result = run("--task", "classify", "--data", str(data), "--out", str(out), *FAST)
+    assert_clean_error(result, "classification needs at least 2 classes")
+    data = _classes(tmp_path / "empty", n=2)
+    (data / "class2").mkdir()
+    result = run("--task", "classify", "--data", str(data), "--out", str(out), *FAST)
+    assert_clean_error(result, "class folder class2/ holds no images")
+    assert not out.exists()
+
+
+def test_a_lambda_the_reference_has_no_curve_for_is_refused(tmp_path: Path):
+    """classifier_mlp has a dense curve only: --lambda-conv with it would add nothing."""
+    pytest.importorskip("entropy_probe.patterns.select")
+    data, out = str(_digit_folder(tmp_path / "d", per_class=4)), tmp_path / "o"
+    base = ("--task", "classify", "--data", data, "--out", str(out), *FAST, "--no-entropy-log")
+    result = run(*base, "--lambda-conv", "0.1", "--reference", "classifier_mlp")
+    assert_clean_error(result, "lambda_conv=0.1 (--lambda-conv) asks for a conv term")
+    assert "'family classifier_mlp' has no conv curve (it has dense curves)" in result.stderr
+    assert not out.exists()
+    result = run(*base, "--lambda-dense", "0.1", "--reference", "classifier_mlp")
+    assert result.exit_code == 0, result.output
+    assert set(json.loads((out / "metrics.jsonl").read_text())["parts"]) == {"dense"}
+
+
+# --------------------------------------------------------------------------------------------
+# ONNX inputs keep their declared size
+
+
+def test_onnx_with_a_fixed_input_size_is_trained_and_exported_at_that_size(tmp_path: Path):
+    """The model would run on the 8x8 images, but its export fixed 16x16: the data is resized
+    (with a note) and model.onnx declares the same input as the source."""
+    import onnxruntime as ort
+
+    source = _export(tmp_path / "fixed.onnx", {0: "b"})
+    data, out = _classes(tmp_path / "data", size=8), tmp_path / "out"
+    result = run(str(source), "--task", "classify", "--data", str(data), "--out", str(out),
+                 *FAST, "--no-entropy-log")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "note: the data's 8x8 images are resized to the model's 16x16" in result.stderr
+    assert _declared(out / "model.onnx") == _declared(source) == ["b", 3, 16, 16]
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"pixels": np.random.rand(2, 3, 16, 16).astype(np.float32)})[
+        0
+    ].shape == (2, 3)
+    profile = json.loads((out / "profile_after.json").read_text())
+    assert profile["input_shape"] == [3, 16, 16]
+
+
+def test_onnx_with_a_dynamic_input_size_keeps_the_data_size_and_stays_dynamic(tmp_path: Path):
+    import onnxruntime as ort
+
+    source = _export(tmp_path / "dynamic.onnx", {0: "b", 2: "h", 3: "w"})
+    data, out = _classes(tmp_path / "data", size=8), tmp_path / "out"
+    result = run(str(source), "--task", "classify", "--data", str(data), "--out", str(out),
+                 *FAST, "--no-entropy-log")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "resized" not in result.stderr
+    assert _declared(out / "model.onnx") == ["b", 3, "h", "w"]
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    for size in (8, 24):
+        x = np.random.rand(1, 3, size, size).astype(np.float32)
+        assert session.run(None, {"pixels": x})[0].shape == (1, 3)
