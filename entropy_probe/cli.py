@@ -323,9 +323,11 @@ def report(output: str, reference_name: str, **opts: Any) -> None:
         raise EntropyProbeError(f"-o {output}: is a directory; give a file such as report.html")
     comparison = None
     if reference_name != "none":
-        from entropy_probe.patterns.reference import load_library
+        from entropy_probe.patterns.reference import NONE, load_library
+        from entropy_probe.patterns.select import AUTO, check_reference
 
         library = load_library()  # a broken reference file fails before the model loads
+        check_reference(reference_name, library, (AUTO, NONE))
     result = _run_profile(opts)
     if reference_name != "none":
         from entropy_probe.patterns.select import AUTO, compare_with

@@ -53,8 +53,9 @@ def test_report_default_output_name(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         (("missing.onnx",), r"not found"),
         (("timm:resnet18", "--weights", "nope.safetensors"), r"nope\.safetensors"),
         (("--device", "tpu"), r"unknown device"),
+        (("--reference", "nosuch"), r"unknown reference 'nosuch' \(known: auto, .*none"),
     ],
-    ids=["missing-source", "missing-weights", "bad-device"],
+    ids=["missing-source", "missing-weights", "bad-device", "unknown-reference"],
 )
 def test_bad_input_is_one_line_and_writes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...], pattern: str
