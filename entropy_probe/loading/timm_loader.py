@@ -136,7 +136,7 @@ class TimmLoader(Loader):
         if not isinstance(arch, str) or not arch:
             raise SourceError(
                 f"{path}/config.json: 'architecture' must be a timm model name such as "
-                f"\"resnet18\", got {json.dumps(arch)}"
+                f'"resnet18", got {json.dumps(arch)}'
             )
         _check_name(timm, arch)
         raw_args = cfg.get("model_args")
