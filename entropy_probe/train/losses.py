@@ -38,6 +38,7 @@ from entropy_probe.patterns.pattern import (
     Quantity,
     ReferencePattern,
     layer_group,
+    relative_excess_defined,
 )
 from entropy_probe.train._loss_layers import (
     LossLayer,
@@ -337,6 +338,13 @@ def build_entropy_loss(
 
     example = example_input if example_input is not None else _example_from_config(model)
     layers, profile = find_loss_layers(model, example, method, qty)
+    if qty is Quantity.RELATIVE_EXCESS:
+        # as the comparison does: no term where |E[s]| is too small for the ratio to mean much
+        layers = [
+            layer
+            for layer in layers
+            if layer.shape_random is not None and relative_excess_defined(layer.shape_random)
+        ]
     if not layers:
         raise UnsupportedLayerError(
             f"{type(model).__name__} has no analysable dense or conv layer: an entropy loss has "

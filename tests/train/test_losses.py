@@ -567,3 +567,33 @@ def test_without_strict_a_lambda_with_no_target_never_makes_the_loss_empty() -> 
         build_entropy_loss(
             model, lambda_dense=0, lambda_conv=1, reference=dense_only, example_input=image
         )
+
+
+def test_relative_excess_terms_leave_out_layers_where_it_is_not_defined() -> None:
+    """|E[s]| of a 16×1280 layer is 0.003: the ratio shape_excess/|E[s]| is noise there, so
+    the comparison leaves such layers out and the loss must too (no term on them)."""
+    from entropy_probe.entropy.functional import gaussian_spectral_shape
+    from entropy_probe.patterns.pattern import relative_excess_defined
+
+    assert not relative_excess_defined(gaussian_spectral_shape(16, 1280))
+    assert relative_excess_defined(gaussian_spectral_shape(4, 16))
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(1280, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)
+    ).eval()
+    kwargs = {
+        "lambda_dense": 1.0,
+        "lambda_conv": 0.0,
+        "every": 1,
+        "example_input": torch.randn(1, 1280),
+    }
+    shape = build_entropy_loss(model, reference=flat(-0.1), **kwargs)  # type: ignore[arg-type]
+    relative = build_entropy_loss(
+        model,
+        reference=flat(-0.1, Quantity.RELATIVE_EXCESS),
+        quantity="relative_excess",
+        **kwargs,  # type: ignore[arg-type]
+    )
+    assert [layer.name for layer in shape.layers] == ["0", "2", "4"]
+    assert [layer.name for layer in relative.layers] == ["2", "4"]
+    assert math.isfinite(float(sum(relative(model, 0).values()).detach()))  # type: ignore[union-attr]
