@@ -203,13 +203,29 @@ def _evaluate_terms(
             # Aᴴ has A's singular values: the wide orientation, concatenated in the stored dtype
             # then converted once, is the contiguous float64 layout the Gram product wants
             wide = [piece.detach().mH if m > n else piece.detach() for _, piece in chunk]
-            batch = F.precise(torch.cat([piece.to(device) for piece in wide]))
+            batch = _stacked_precise(wide, device)
             logs = F.sum_log_singular_values(batch, tolerance_dtype=dtype).cpu().tolist()
             sqs = (torch.linalg.vector_norm(batch, dim=(-2, -1)) ** 2).cpu().tolist()
             for key, log_value, sq in zip(keys, logs, sqs, strict=True):
                 out[key][0] += log_value
                 out[key][1] += sq
     return {key: (vals[0], vals[1]) for key, vals in out.items()}
+
+
+def _stacked_precise(pieces: Sequence[Tensor], device: torch.device) -> Tensor:
+    """``pieces`` (batches of equal-shape matrices, any dtype, strided views allowed)
+    concatenated as one contiguous float64 (complex128) batch on ``device``: one copy per
+    piece that converts dtype and layout at once (cat, then a conversion, was two passes)."""
+    first = pieces[0]
+    dtype = torch.complex128 if first.is_complex() else torch.float64
+    out = torch.empty(
+        (sum(p.shape[0] for p in pieces), *first.shape[1:]), dtype=dtype, device=device
+    )
+    start = 0
+    for piece in pieces:
+        out[start : start + piece.shape[0]].copy_(piece)
+        start += piece.shape[0]
+    return out
 
 
 def compute_profile(
