@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
+from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from entropy_probe.entropy.profile import (
     LayerEntropy,
@@ -18,16 +21,20 @@ from entropy_probe.entropy.profile import (
     with_empirical,
 )
 from entropy_probe.enums import ConvMethod
-from entropy_probe.errors import ShapeError, SourceError
+from entropy_probe.errors import ArgumentError, ShapeError, SourceError, unknown_name
 from entropy_probe.loading import DEFAULT_SOURCE, LoadedModel, LoadOptions, load_model
+from entropy_probe.loading._base import check_module, input_shape_from
 from entropy_probe.plugins import get_registry
 from entropy_probe.walk.dispatch import walk
+from entropy_probe.walk.records import Example
 
 _LINALG_ERROR: type[Exception] = getattr(torch.linalg, "LinAlgError", RuntimeError)
 
 DataArg = str | Path | Tensor | np.ndarray | None
 """What ``data=`` accepts: a built-in dataset name, an image folder or ``.npy`` file, or an
 array/tensor shaped ``(N, *input_shape)``."""
+ExampleArg = Example | None
+"""What ``example_input=`` accepts: the model's forward input(s) for the shape trace."""
 
 
 def profile_loaded(
@@ -41,16 +48,30 @@ def profile_loaded(
     estimator: str = "gaussian",
     k: int = 3,
     progress: bool = True,
+    example_input: ExampleArg = None,
 ) -> Profile:
-    """The entropy profile of an already loaded model.
+    """The entropy profile of an already loaded model (from :func:`load_model`).
 
     With ``data`` (a built-in dataset name, an image folder, a ``.npy`` array shaped
     ``(N, *input_shape)``, or a tensor) up to ``samples`` real inputs stream through the model
     in batches of ``batch_size`` and every measured layer gets ``empirical`` (DESIGN.md 2.4):
     entropies per dimension by ``estimator`` (``gaussian`` or ``knn`` with ``k`` neighbours),
-    and activations, pooling and residual additions get rows of their own (status
-    ``not_analytic``). Without ``data`` nothing is measured.
+    and activation and pooling modules (and an ONNX graph's residual ``Add`` nodes) get rows of
+    their own (status ``not_analytic``). Without ``data`` nothing is measured.
+
+    ``example_input`` replaces the seeded random ``(1, *input_shape)`` input of the shape
+    trace, for a torch module whose forward takes something else: a tensor, a tuple of
+    positional inputs or a dict of keyword inputs (batch first, batch size 1 advised).
     """
+    if not isinstance(loaded, LoadedModel):
+        raise ArgumentError(
+            f"profile_loaded expects a LoadedModel (from load_model), got "
+            f"{type(loaded).__name__}; for a source string, a path or an nn.Module use profile()"
+        )
+    method = _choice(ConvMethod, method, "method")
+    _check_data_arg(data)
+    if loaded.module is not None:
+        check_module(loaded.module, loaded.source)
     registry = get_registry()
     check_input_size(loaded.input_shape)
     inputs = None
@@ -66,7 +87,7 @@ def profile_loaded(
                 f"{unknown} (give it one, e.g. timm:NAME --weights FILE)"
             )
         inputs = load_inputs(data, loaded, samples=samples)
-    records = walk(loaded, registry)
+    records = walk(loaded, registry, example=example_input)
     result = compute_profile(
         records,
         registry.rules,
@@ -175,10 +196,10 @@ def _nothing_to_analyse(loaded: LoadedModel) -> str:
 
 
 def profile(
-    source: str = DEFAULT_SOURCE,
+    source: str | os.PathLike[str] | nn.Module = DEFAULT_SOURCE,
     *,
     weights: str | Path | None = None,
-    input_shape: Sequence[int] | None = None,
+    input_shape: Sequence[int] | str | None = None,
     method: ConvMethod | str = ConvMethod.PAPER,
     device: str = "auto",
     trust_pickle: bool = False,
@@ -188,8 +209,10 @@ def profile(
     estimator: str = "gaussian",
     k: int = 3,
     progress: bool = True,
+    example_input: ExampleArg = None,
 ) -> Profile:
-    """Load ``source`` and compute its entropy profile (``data`` etc.: see
+    """Load ``source`` (a source string such as ``timm:resnet18``, a path, or an
+    ``nn.Module`` in memory) and compute its entropy profile (``data`` etc.: see
     :func:`profile_loaded`).
 
     >>> from entropy_probe import profile
@@ -197,9 +220,11 @@ def profile(
     >>> [layer.name for layer in p.analysed][:2]
     ['features.0', 'features.1']
     """
+    if weights is not None and not isinstance(weights, str | os.PathLike):
+        raise ArgumentError(f"weights must be a path, got {type(weights).__name__}")
     options = LoadOptions(
         weights=Path(weights) if weights is not None else None,
-        input_shape=tuple(int(s) for s in input_shape) if input_shape is not None else None,
+        input_shape=input_shape_from(input_shape),
         trust_pickle=trust_pickle,
     )
     return profile_loaded(
@@ -212,4 +237,23 @@ def profile(
         estimator=estimator,
         k=k,
         progress=progress,
+        example_input=example_input,
     )
+
+
+def _choice(enum: type[StrEnum], value: object, what: str) -> Any:
+    """``value`` as a member of ``enum``, or an ArgumentError listing the members."""
+    try:
+        if not isinstance(value, str):
+            raise ValueError(value)
+        return enum(value)
+    except ValueError:
+        raise unknown_name(what, value, [m.value for m in enum], listing="valid") from None
+
+
+def _check_data_arg(data: object) -> None:
+    if data is not None and not isinstance(data, str | os.PathLike | Tensor | np.ndarray):
+        raise ArgumentError(
+            "data must be a built-in dataset name, an image folder or .npy path, a numpy "
+            f"array or a tensor shaped (N, *input_shape); got {type(data).__name__}"
+        )

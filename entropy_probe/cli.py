@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import stat
 import sys
 from collections.abc import Callable, Sequence
@@ -28,21 +27,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 def _parse_shape(
     ctx: click.Context, param: click.Parameter, value: str | None
 ) -> tuple[int, ...] | None:
-    if value is None:
-        return None
+    from entropy_probe.errors import ArgumentError
+    from entropy_probe.loading._base import input_shape_from
+
     try:
-        shape = tuple(int(v) for v in re.split(r"[,x×]", value.strip()))
-    except ValueError:
-        raise click.BadParameter(
-            f"{value!r}: expected comma-separated integers such as 3,224,224"
-        ) from None
-    if not shape or any(s < 1 for s in shape):
-        raise click.BadParameter(f"{value!r}: every dimension must be a positive integer")
-    if len(shape) > 4:
-        raise click.BadParameter(
-            f"{value!r}: give the per-sample shape without the batch, e.g. 3,224,224"
-        )
-    return shape
+        return input_shape_from(value, "--input-shape")
+    except ArgumentError as exc:
+        raise click.BadParameter(str(exc).removeprefix("--input-shape ")) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -53,6 +53,11 @@ class ShapeError(EntropyProbeError, ValueError):
     """Shapes that do not fit together (weights, input shape, grid)."""
 
 
+class ArgumentError(EntropyProbeError, TypeError, ValueError):
+    """A Python API argument of the wrong type or value (the CLI's options are checked by
+    click): a ``TypeError`` and a ``ValueError`` too, so idiomatic handlers catch it."""
+
+
 class PluginError(EntropyProbeError, RuntimeError):
     """A plugin failed to load or registered something invalid."""
 

@@ -107,9 +107,9 @@ def test_profile_state_dict_file(tmp_path: Path) -> None:
     ("value", "message"),
     [
         ("3,x", "3,x"),
-        ("abc", "expected comma-separated integers"),
-        ("0,28,28", "every dimension must be a positive integer"),
-        ("-1,28,28", "every dimension must be a positive integer"),
+        ("abc", "must be the per-sample shape as positive integers"),
+        ("0,28,28", "must be the per-sample shape as positive integers"),
+        ("-1,28,28", "must be the per-sample shape as positive integers"),
         ("1,2,3,4,5", "without the batch"),
         ("3,,28", "3,,28"),
     ],

@@ -3,13 +3,18 @@ by the file itself (extension, then content for directories), never from class n
 
 from __future__ import annotations
 
+import os
 import re
+from dataclasses import replace
 from pathlib import Path
 
-from entropy_probe.errors import SourceError
+from torch import nn
+
+from entropy_probe.errors import ArgumentError, SourceError
 from entropy_probe.loading._base import LoadedModel as LoadedModel
 from entropy_probe.loading._base import Loader as Loader
 from entropy_probe.loading._base import LoadOptions as LoadOptions
+from entropy_probe.loading._base import input_shape_from, module_source
 from entropy_probe.plugins import PluginRegistry, get_registry
 
 __all__ = ["LoadOptions", "LoadedModel", "Loader", "load_model", "parse_source"]
@@ -74,15 +79,26 @@ def parse_source(source: str, registry: PluginRegistry | None = None) -> tuple[s
 
 
 def load_model(
-    source: str = DEFAULT_SOURCE,
+    source: str | os.PathLike[str] | nn.Module = DEFAULT_SOURCE,
     options: LoadOptions | None = None,
     registry: PluginRegistry | None = None,
 ) -> LoadedModel:
-    """Load any supported source with the registered loaders."""
+    """Load any supported source with the registered loaders: a source string or path, or an
+    ``nn.Module`` already in memory (profiled as it is; give ``input_shape``)."""
+    options = options or LoadOptions()
+    options = replace(options, input_shape=input_shape_from(options.input_shape))
+    if isinstance(source, nn.Module):
+        return module_source(source, options)
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    if not isinstance(source, str):
+        raise ArgumentError(
+            "source must be a source string (timm:NAME, a path, ...), a path or an nn.Module; "
+            f"got {type(source).__name__}"
+        )
     registry = registry or get_registry()
     scheme, ident = parse_source(source, registry)
     loader = registry.loaders.get(scheme)
-    options = options or LoadOptions()
     if options.weights is not None and not loader.accepts_weights:
         raise SourceError(
             f"--weights applies to sources that name an architecture (timm:NAME, smp:ARCH/ENC); "

@@ -3,15 +3,59 @@
 from __future__ import annotations
 
 import math
+import numbers
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
+from entropy_probe.errors import ArgumentError, SourceError
+
 Shape = tuple[int, ...]
+
+
+_SHAPE_SEPARATORS = re.compile(r"[,x×]")
+MAX_INPUT_DIMS = 4
+
+
+def input_shape_from(value: object, what: str = "input_shape") -> Shape | None:
+    """A per-sample input shape from ``None``, a sequence of positive integers (a tuple,
+    ``torch.Size``, numpy integers) or a string such as ``"3,224,224"``; anything else is an
+    :class:`ArgumentError` saying what was expected."""
+    if value is None:
+        return None
+    example = "3,224,224" if what.startswith("--") else "(3, 224, 224)"
+    expected = f"{what} must be the per-sample shape as positive integers, e.g. {example}"
+    dims: list[object]
+    if isinstance(value, str):
+        try:
+            dims = [int(v) for v in _SHAPE_SEPARATORS.split(value.strip())]
+        except ValueError:
+            raise ArgumentError(f"{expected}; got {value!r}") from None
+    elif isinstance(value, Sequence):
+        dims = list(value)
+    else:
+        raise ArgumentError(f"{expected}; got {type(value).__name__} {value!r}")
+    if not dims or not all(_positive_int(d) for d in dims):
+        raise ArgumentError(f"{expected}; got {value!r}")
+    if len(dims) > MAX_INPUT_DIMS:
+        raise ArgumentError(
+            f"{what} {value!r} has {len(dims)} dims: give the per-sample shape without the "
+            f"batch, e.g. {example}"
+        )
+    return tuple(int(d) for d in dims if isinstance(d, numbers.Integral))
+
+
+def _positive_int(value: object) -> bool:
+    """An integer (numpy's too) above 0; ``True`` is not one."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, numbers.Integral) and int(value) > 0
 
 
 @dataclass(frozen=True)
@@ -90,3 +134,41 @@ class Loader(ABC):
     @abstractmethod
     def load(self, ident: str, options: LoadOptions) -> LoadedModel:
         """Load ``ident`` (the part after ``scheme:``, or a path) into a :class:`LoadedModel`."""
+
+
+def check_module(module: nn.Module, source: str) -> None:
+    """Refuse a module that cannot be walked: TorchScript (no Python forward hooks) or one
+    whose weights were never materialised (the meta device)."""
+    if isinstance(module, torch.jit.ScriptModule):
+        raise SourceError(
+            f"{source} is a TorchScript module (torch.jit.script/trace): it runs without Python "
+            "forward hooks, so its layers cannot be traced. Profile the original nn.Module, or "
+            "export it to ONNX and profile that"
+        )
+    meta = next(
+        (n for n, t in (*module.named_parameters(), *module.named_buffers()) if t.is_meta), None
+    )
+    if meta is not None:
+        raise SourceError(
+            f"{source}: {meta!r} is on the meta device (its values were never materialised): "
+            "load real weights first, e.g. model.to_empty(device='cpu') then load_state_dict"
+        )
+
+
+def module_source(module: nn.Module, options: LoadOptions) -> LoadedModel:
+    """An in-memory ``nn.Module`` as a source, profiled as it is (weights, dtype, device)."""
+    source = f"<{type(module).__name__} in memory>"
+    check_module(module, source)
+    if options.weights is not None:
+        raise SourceError(
+            "weights= applies to sources that name an architecture (timm:NAME, smp:ARCH/ENC); "
+            "load them into the module yourself (module.load_state_dict)"
+        )
+    return LoadedModel(
+        source=source,
+        format="torch",
+        module=module,
+        input_shape=options.input_shape,
+        notes=["an nn.Module given in memory: profiled with the weights it holds"],
+        meta={"architecture": type(module).__name__},
+    )

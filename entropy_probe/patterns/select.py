@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from entropy_probe.entropy.profile import Profile
-from entropy_probe.errors import UnknownNameError, unknown_name
+from entropy_probe.errors import ArgumentError, UnknownNameError, unknown_name
 from entropy_probe.patterns.compare import Comparison, FamilyBand, compare_profile, family_band
 from entropy_probe.patterns.pattern import (
     DEFAULT_QUANTITY,
@@ -147,14 +147,29 @@ def resolve_band(
 
 def compare_with(
     profile: Profile,
-    reference: str = AUTO,
+    reference: str | None = AUTO,
     *,
     quantity: Quantity | str = DEFAULT_QUANTITY,
     library: ReferenceLibrary | None = None,
     exclude: tuple[str, ...] = (),
 ) -> Comparison:
+    """``profile`` against the band ``reference`` names (``auto`` or None: picked from the
+    architecture; a family; a reference), in ``quantity``."""
+    if not isinstance(profile, Profile):
+        raise ArgumentError(
+            f"compare_with expects a Profile (from entropy_probe.profile), got "
+            f"{type(profile).__name__}"
+        )
+    try:
+        quantity = Quantity(quantity)
+    except ValueError:
+        raise unknown_name("quantity", quantity, [q.value for q in Quantity]) from None
     band, picked = resolve_band(
-        reference, profile, quantity=quantity, library=library, exclude=exclude
+        AUTO if reference is None else reference,
+        profile,
+        quantity=quantity,
+        library=library,
+        exclude=exclude,
     )
     return compare_profile(profile, band, picked=picked)
 

@@ -180,16 +180,22 @@ def fit(
     with the configuration (e.g. the model source and loss weights). ``on_step(epoch, step)``
     is called after every optimizer step, ``on_epoch(record)`` after every epoch (rank 0).
     ``progress``: a tqdm bar per epoch (default: when stderr is a terminal; rank 0 only).
+    The model's ``training`` flags are restored afterwards (an eval-mode model stays in eval).
     """
     cfg = config or FitConfig()
     cfg.check_device()
     the_task = get_task(task)
     task_data = as_task_data(data, the_task)
-    with setup(cfg.device) as info:
-        runner = _Runner(model, the_task, task_data, cfg, info, aux_loss, on_step, on_epoch)
-        out = Path(out_dir) if out_dir is not None else None
-        with _rng_scope(cfg.seed + info.rank, info.device), _deterministic(cfg, info.device):
-            return runner.run(out, resume, progress, dict(extra_config or {}))
+    modes = {name: m.training for name, m in model.named_modules()}
+    try:
+        with setup(cfg.device) as info:
+            runner = _Runner(model, the_task, task_data, cfg, info, aux_loss, on_step, on_epoch)
+            out = Path(out_dir) if out_dir is not None else None
+            with _rng_scope(cfg.seed + info.rank, info.device), _deterministic(cfg, info.device):
+                return runner.run(out, resume, progress, dict(extra_config or {}))
+    finally:
+        for name, module in model.named_modules():
+            module.training = modes.get(name, module.training)
 
 
 # --------------------------------------------------------------------------------------------

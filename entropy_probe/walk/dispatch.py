@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from torch import Tensor
-
 from entropy_probe.loading._base import LoadedModel
 from entropy_probe.plugins import PluginRegistry
 from entropy_probe.walk.module_walker import walk_module
-from entropy_probe.walk.records import LayerRecord
+from entropy_probe.walk.records import Example, LayerRecord
 from entropy_probe.walk.state_dict import walk_state_dict
 
 
 def walk(
-    loaded: LoadedModel, registry: PluginRegistry, *, example: Tensor | None = None
+    loaded: LoadedModel, registry: PluginRegistry, *, example: Example | None = None
 ) -> list[LayerRecord]:
     """Records for every weighted layer of ``loaded``, whatever its format."""
     if loaded.module is not None:

@@ -14,7 +14,7 @@ from entropy_probe.enums import LayerKind, Status
 from entropy_probe.errors import ShapeError, SourceError, first_line
 from entropy_probe.plugins import PluginRegistry
 from entropy_probe.walk.hooks import forward_hooks
-from entropy_probe.walk.records import BatchNormParams, LayerRecord, Shape
+from entropy_probe.walk.records import BatchNormParams, Example, LayerRecord, Shape
 
 _FEATURE_NORMS: tuple[type[nn.Module], ...] = (
     nn.LayerNorm,
@@ -119,7 +119,7 @@ def walk_module(
     input_shape: Sequence[int] | None,
     registry: PluginRegistry,
     *,
-    example: Tensor | None = None,
+    example: Example | None = None,
 ) -> list[LayerRecord]:
     """Records for every weighted module of ``model`` in execution order.
 
@@ -190,13 +190,23 @@ def walk_module(
     with forward_hooks(model, {n: make_hook(n) for n in candidates}), torch.no_grad():
         try:
             with counter:
-                model(example)
+                if isinstance(example, dict):
+                    model(**example)
+                elif isinstance(example, tuple):
+                    model(*example)
+                else:
+                    model(example)
         except Exception as exc:
             where = f" after layer {trace.last_name!r}" if trace.last_name else ""
+            given = (
+                f"input shape {tuple(example.shape[1:])}"
+                if isinstance(example, Tensor)
+                else "the given example_input"
+            )
             raise ShapeError(
-                f"the forward pass with input shape {tuple(example.shape[1:])} failed{where}: "
-                f"{first_line(exc)}. "
-                "Check --input-shape C,H,W."
+                f"the forward pass with {given} failed{where}: {first_line(exc)}. "
+                "Check --input-shape C,H,W (from Python: input_shape=, or example_input= for a "
+                "forward that takes several inputs or a dict)."
             ) from exc
 
     folded = {

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import Tensor
 
 from entropy_probe.enums import Status
 
 Shape = tuple[int, ...]
+Example = Tensor | tuple[Any, ...] | dict[str, Any]
+"""A model's forward input for the shape trace: a tensor, positional inputs or keyword inputs."""
 
 
 @dataclass(frozen=True)

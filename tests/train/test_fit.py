@@ -229,3 +229,13 @@ def test_fit_with_the_entropy_loss_of_the_losses_module():
     record = result.history[0]
     assert "dense" in record.parts
     assert record.train_loss == pytest.approx(record.task_loss + sum(record.parts.values()))
+
+
+def test_fit_restores_the_callers_training_flags():
+    """A model handed over in eval mode used to come back in train mode."""
+    model = tiny_mlp().eval()
+    fit(model, "classify", digits_data(), replace(CONFIG, epochs=1))
+    assert not any(m.training for m in model.modules())
+    model.train()
+    fit(model, "classify", digits_data(), replace(CONFIG, epochs=1))
+    assert all(m.training for m in model.modules())
