@@ -184,7 +184,8 @@ def registry():  # type: ignore[no-untyped-def]
 def test_walker_wrong_input_shape_says_input_shape(case: Case, registry) -> None:  # type: ignore[no-untyped-def]
     model = case.model().train()
     shape = bad_shape(case)
-    with pytest.raises(ShapeError, match=r"failed.*Check --input-shape C,H,W \(from Python") as info:
+    expected = r"failed.*Check --input-shape C,H,W \(from Python"
+    with pytest.raises(ShapeError, match=expected) as info:
         walk_module(model, shape, registry)
     message = str(info.value)
     assert str(tuple(shape)) in message
