@@ -32,7 +32,9 @@ def render_report(
 
     ``comparison`` is any object (or mapping) with ``score`` (in [0, 1]), ``reference`` (a name,
     or an object with ``.name``) and ``layers`` (items with ``name``, ``deviation`` in band
-    widths, ``in_band``); ``meta`` adds rows to the summary (e.g. ``{"samples": 512}``).
+    widths, ``in_band``), and optionally ``not_compared`` / ``not_defined`` (layer names, or
+    ``{name, reason}``: listed with a reason, found from the profile where none is given);
+    ``meta`` adds rows to the summary's details (e.g. ``{"samples": 512}``).
     """
     if not isinstance(profile, Profile):
         raise TypeError(f"render_report expects a Profile, got {type(profile).__name__}")

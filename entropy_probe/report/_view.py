@@ -13,10 +13,24 @@ from typing import Any
 
 from entropy_probe.entropy.profile import LayerEntropy, Profile
 from entropy_probe.enums import LayerKind, Status
-from entropy_probe.patterns.pattern import Quantity, layer_value
+from entropy_probe.patterns.pattern import (
+    RELATIVE_EXCESS_FLOOR,
+    Quantity,
+    layer_group,
+    layer_value,
+)
 from entropy_probe.report.svg import Datum, Plot, SeriesSpec, build_plot
 
-__all__ = ["ComparisonView", "ReasonGroup", "ReportView", "Row", "SummaryItem", "build_view"]
+__all__ = [
+    "ComparisonView",
+    "DetailItem",
+    "NotCompared",
+    "ReasonGroup",
+    "ReportView",
+    "Row",
+    "SummaryItem",
+    "build_view",
+]
 
 
 @dataclass(frozen=True)
@@ -25,6 +39,15 @@ class SummaryItem:
     value: str
     warn: bool = False
     sub: str = ""
+
+
+@dataclass(frozen=True)
+class DetailItem:
+    """One card of the details box: a value, or (for a mapping) readable entries."""
+
+    label: str
+    value: str = ""
+    entries: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -43,6 +66,7 @@ class Row:
     estimator: str = ""
     deviation: float | None = None
     in_band: bool | None = None
+    not_compared: str = ""  # why the comparison left this analysed layer out
 
 
 @dataclass(frozen=True)
@@ -62,6 +86,14 @@ class ComparisonLayer:
 
 
 @dataclass(frozen=True)
+class NotCompared:
+    """An analysed dense/conv layer the comparison left out, and why."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class ComparisonView:
     score: float | None
     reference: str
@@ -71,10 +103,19 @@ class ComparisonView:
     members: tuple[str, ...] = ()
     # layer group -> [(depth, lower, center, upper)] of the family band
     band: tuple[tuple[str, tuple[tuple[float, float, float, float], ...]], ...] = ()
+    not_compared: tuple[NotCompared, ...] = ()
 
     @property
     def out_of_band(self) -> tuple[ComparisonLayer, ...]:
         return tuple(layer for layer in self.layers if layer.in_band is False)
+
+    @property
+    def not_compared_groups(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """The not-compared layers by reason, reasons in order of first appearance."""
+        groups: dict[str, list[str]] = {}
+        for item in self.not_compared:
+            groups.setdefault(item.reason, []).append(item.name)
+        return tuple((reason, tuple(names)) for reason, names in groups.items())
 
 
 @dataclass(frozen=True)
@@ -82,7 +123,7 @@ class ReportView:
     profile: Profile
     title: str
     summary: tuple[SummaryItem, ...]
-    details: tuple[SummaryItem, ...]
+    details: tuple[DetailItem, ...]
     rows: tuple[Row, ...]
     plots: tuple[Plot, ...]
     reason_groups: tuple[ReasonGroup, ...]
@@ -96,6 +137,7 @@ class ReportView:
     has_empirical: bool
     kinds: tuple[str, ...]
     data: dict[str, Any]
+    row_ids: dict[str, str]  # layer name -> its table row's id (the first, if repeated)
 
 
 def fmt_num(value: Any, digits: int = 3) -> str:
@@ -159,9 +201,11 @@ def _as_float(value: Any) -> float | None:
         return None
 
 
-def comparison_view(comparison: Any) -> ComparisonView | None:
+def comparison_view(comparison: Any, profile: Profile | None = None) -> ComparisonView | None:
     """Read any object (or mapping) with ``score``, ``reference`` and
-    ``layers[{name, deviation, in_band}]``; missing fields show as missing."""
+    ``layers[{name, deviation, in_band}]``; missing fields show as missing. The layers it
+    left out (``not_compared``, ``not_defined``: names, or ``{name, reason}``) are listed with
+    a reason, found from ``profile`` where the comparison gives none."""
     if comparison is None:
         return None
     reference = _field(comparison, "reference")
@@ -178,15 +222,77 @@ def comparison_view(comparison: Any) -> ComparisonView | None:
                 toward_random=_field(item, "toward_random"),
             )
         )
+    quantity = str(_field(comparison, "quantity") or "")
     return ComparisonView(
         score=_as_float(_field(comparison, "score")),
         reference=str(ref_name if isinstance(ref_name, str) else (reference or "—")),
         layers=tuple(layers),
         picked=str(_field(comparison, "picked") or ""),
-        quantity=str(_field(comparison, "quantity") or ""),
+        quantity=quantity,
         members=tuple(str(m) for m in (_field(_field(comparison, "band"), "members") or ())),
         band=_band_points(_field(comparison, "band")),
+        not_compared=_not_compared(comparison, profile, quantity),
     )
+
+
+def _not_compared(
+    comparison: Any, profile: Profile | None, quantity: str
+) -> tuple[NotCompared, ...]:
+    by_name = {layer.name: layer for layer in profile.layers} if profile is not None else {}
+    compared = {str(_field(item, "name")) for item in _field(comparison, "layers") or ()}
+    out: list[NotCompared] = []
+    seen: set[str] = set()
+    for key in ("not_compared", "not_defined"):
+        items = _field(comparison, key) or ()
+        for item in (items,) if isinstance(items, str | Mapping) else items:
+            name = str(item if isinstance(item, str) else _field(item, "name"))
+            if name in seen or name in compared:
+                continue
+            seen.add(name)
+            given = None if isinstance(item, str) else _field(item, "reason")
+            if given:
+                reason = str(given)
+            elif key == "not_defined":
+                reason = (
+                    f"{quantity or 'the quantity'} is not defined here: a random init of this "
+                    f"shape is within {RELATIVE_EXCESS_FLOOR} of an isometry "
+                    f"(|E[s]| < {RELATIVE_EXCESS_FLOOR}), where the ratio is noise"
+                )
+            else:
+                reason = _not_compared_reason(by_name.get(name), quantity)
+            out.append(NotCompared(name, reason))
+    return tuple(out)
+
+
+def _not_compared_reason(layer: LayerEntropy | None, quantity: str) -> str:
+    """Why the comparison left out an analysed layer, in the order compare_profile decides:
+    no finite value (singular; a single singular value), else no band for its group."""
+    if layer is None:
+        return "singular, a single singular value, or no band for its layer group"
+    try:
+        q: Quantity | None = Quantity(quantity)
+    except ValueError:
+        q = None
+    if layer.status is Status.SINGULAR:
+        after_fold = (
+            layer.folded_batchnorm
+            and layer.delta_h_raw is not None
+            and math.isfinite(layer.delta_h_raw)
+        )
+        return (
+            "singular (ΔH = −inf)"
+            + (" only after folding in its BatchNorm (γ has zeros)" if after_fold else "")
+            + f": no finite {q or 'value'} to compare"
+        )
+    if q is not None and layer_value(layer, q) is None:
+        single = (
+            layer.spectral_shape_random is not None and abs(layer.spectral_shape_random) < 1e-12
+        )
+        if single and q is not Quantity.DELTA_H_PER_DIM:
+            return "a single singular value: its shape is 0 whatever the weights"
+        return f"no finite {q}"
+    group = layer_group(layer.kind)
+    return f"the reference band has no {group} layers" if group else "no band for its kind"
 
 
 def _band_points(
@@ -219,6 +325,7 @@ def _status(layer: LayerEntropy) -> tuple[str, str]:
 
 def _rows(profile: Profile, comparison: ComparisonView | None) -> tuple[Row, ...]:
     by_name = {c.name: c for c in comparison.layers} if comparison else {}
+    left_out = {c.name: c.reason for c in comparison.not_compared} if comparison else {}
     rows = []
     for index, layer in enumerate(profile.layers):
         key, label = _status(layer)
@@ -238,6 +345,7 @@ def _rows(profile: Profile, comparison: ComparisonView | None) -> tuple[Row, ...
                 estimator=str(emp.get("estimator") or ""),
                 deviation=match.deviation if match else None,
                 in_band=match.in_band if match else None,
+                not_compared=left_out.get(layer.name, ""),
             )
         )
     return tuple(rows)
@@ -498,13 +606,52 @@ def _empirical_plot(rows: Sequence[Row]) -> Plot:
     )
 
 
-def _summary(profile: Profile, rows: Sequence[Row]) -> tuple[SummaryItem, ...]:
-    counts = {s: sum(1 for r in rows if r.layer.status == s) for s in Status}
+def maps(rows: Sequence[Row]) -> list[Row]:
+    """The layers the report counts: every row but a BatchNorm folded into the layer before
+    it (the data sees one map; it is counted in that layer, as in the total ΔH)."""
+    return [r for r in rows if r.layer.folded_into is None]
+
+
+def _layer_counts(rows: Sequence[Row]) -> SummaryItem:
+    layers = maps(rows)
+    counts = {s: sum(1 for r in layers if r.layer.status == s) for s in Status}
     analysed = counts[Status.OK] + counts[Status.SINGULAR]
+    folded = len(rows) - len(layers)
     breakdown = (
         f"{counts[Status.SINGULAR]} singular · {counts[Status.SKIPPED]} skipped · "
         f"{counts[Status.NOT_ANALYTIC]} not analytic"
     )
+    if folded:
+        breakdown += (
+            f"; {folded} BatchNorm{'s' if folded != 1 else ''} folded into the layer before "
+            f"{'them' if folded != 1 else 'it'}, counted there"
+        )
+    return SummaryItem("Layers", f"{analysed} of {len(layers)} analysed", sub=breakdown)
+
+
+def _timing(profile: Profile, extra: Mapping[str, Any]) -> SummaryItem:
+    """``elapsed_s`` is the analytic profile only; an empirical measurement records its own
+    time in ``meta["empirical"]["elapsed_s"]``. Loading and tracing the model (and reading
+    the data) are in neither."""
+    empirical = extra.get("empirical")
+    measured = _as_float(empirical.get("elapsed_s")) if isinstance(empirical, Mapping) else None
+    if measured is None or not math.isfinite(measured):
+        return SummaryItem(
+            "Compute time",
+            _duration(profile.elapsed_s),
+            sub="the analytic profile; loading and tracing the model not included",
+        )
+    return SummaryItem(
+        "Compute time",
+        _duration(profile.elapsed_s + measured),
+        sub=f"analytic {_duration(profile.elapsed_s)} + empirical {_duration(measured)}; "
+        "loading the model and the data not included",
+    )
+
+
+def _summary(
+    profile: Profile, rows: Sequence[Row], extra: Mapping[str, Any]
+) -> tuple[SummaryItem, ...]:
     return (
         SummaryItem("Source", profile.source),
         SummaryItem("Format", profile.format),
@@ -517,8 +664,8 @@ def _summary(profile: Profile, rows: Sequence[Row]) -> tuple[SummaryItem, ...]:
         ),
         SummaryItem("Conv method", str(profile.method)),
         SummaryItem("Device", profile.device),
-        SummaryItem("Time taken", _duration(profile.elapsed_s)),
-        SummaryItem("Layers", f"{analysed} of {len(rows)} analysed", sub=breakdown),
+        _timing(profile, extra),
+        _layer_counts(rows),
         SummaryItem(
             "Total ΔH (paper)",
             f"{fmt_num(profile.total_delta_h(), 1)} nats",
@@ -527,12 +674,54 @@ def _summary(profile: Profile, rows: Sequence[Row]) -> tuple[SummaryItem, ...]:
     )
 
 
-def _detail(value: Any) -> str:
-    if isinstance(value, Mapping):
-        return "; ".join(f"{k}: {fmt_num(v)}" for k, v in value.items()) or "none"
+def _details(extra: Mapping[str, Any]) -> tuple[DetailItem, ...]:
+    """The details box: one card per metadata key; a mapping (the empirical run's settings)
+    as labelled entries, empty ones left out."""
+    items = []
+    for key, value in extra.items():
+        if isinstance(value, Mapping):
+            entries = tuple(
+                (_label(k), text) for k, v in value.items() if (text := _detail_value(str(k), v))
+            )
+            if entries:
+                items.append(DetailItem(str(key), entries=entries))
+        elif text := _detail_value(str(key), value):
+            items.append(DetailItem(str(key), text))
+    return tuple(items)
+
+
+def _label(key: str) -> str:
+    if key == "elapsed_s":
+        return "time"
+    if key.endswith("_bytes"):
+        key = key[: -len("_bytes")]
+    return key.replace("_", " ")
+
+
+def _detail_value(key: str, value: Any) -> str:
+    """A metadata value for people; ``""`` for an empty one (left out)."""
+    if isinstance(value, Mapping):  # e.g. skipped taps: name -> why
+        parts = []
+        for name, why in value.items():
+            text = _detail_value("", why)
+            parts.append(f"{name} ({text})" if text else str(name))
+        return "; ".join(parts)
     if isinstance(value, list | tuple):
-        return ", ".join(fmt_num(v) for v in value) or "none"
+        return ", ".join(_detail_value("", v) for v in value)
+    if key.endswith("_s") and isinstance(value, int | float) and not isinstance(value, bool):
+        return _duration(float(value))
+    if key.endswith("_bytes") and isinstance(value, int) and not isinstance(value, bool):
+        return _size(value)
+    if value is None:
+        return "—"
     return fmt_num(value)
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
 
 
 def _duration(seconds: float) -> str:
@@ -572,17 +761,16 @@ def build_view(
     meta: Mapping[str, Any] | None = None,
     version: str = "",
 ) -> ReportView:
-    comp = comparison_view(comparison)
+    comp = comparison_view(comparison, profile)
     rows = _rows(profile, comp)
     extra = {**profile.meta, **(meta or {})}
-    details = tuple(SummaryItem(str(k), _detail(v)) for k, v in extra.items())
     estimators = tuple(sorted({r.estimator for r in rows if r.estimator}))
     per_layer = [r.layer.empirical.get("samples") for r in rows if r.layer.empirical]
     samples = next(
         (str(extra[k]) for k in ("samples", "num_samples", "n_samples") if k in extra),
         ", ".join(sorted({str(n) for n in per_layer if n is not None})),
     )
-    singular = tuple(r for r in rows if r.layer.status is Status.SINGULAR)
+    singular = tuple(r for r in maps(rows) if r.layer.status is Status.SINGULAR)
     after_fold = sum(
         1
         for r in singular
@@ -603,6 +791,7 @@ def build_view(
                 "quantity": comp.quantity,
                 "members": list(comp.members),
                 "layers": [asdict(layer) for layer in comp.layers],
+                "not_compared": [asdict(item) for item in comp.not_compared],
                 "band": {group: [list(q) for q in quads] for group, quads in comp.band},
             }
         ),
@@ -611,8 +800,8 @@ def build_view(
     return ReportView(
         profile=profile,
         title=f"Entropy report: {profile.source}",
-        summary=_summary(profile, rows),
-        details=details,
+        summary=_summary(profile, rows, extra),
+        details=_details(extra),
         rows=rows,
         plots=(_band_plot(rows, comp), *_plots(rows)) if comp and comp.band else _plots(rows),
         reason_groups=_reason_groups(rows),
@@ -626,4 +815,5 @@ def build_view(
         has_empirical=any(r.layer.empirical for r in rows),
         kinds=tuple(sorted({r.layer.kind for r in rows})),
         data=data,
+        row_ids={r.layer.name: r.row_id for r in reversed(rows)},
     )
