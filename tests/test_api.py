@@ -151,3 +151,18 @@ def test_the_library_profile_of_a_module_matches_the_cli_source() -> None:
     via_module = profile(load_default_model(), input_shape=(1, 28, 28), progress=False)
     assert _values(via_module) == _values(via_source)
     assert replace(via_module.layers[0], name="x") == replace(via_source.layers[0], name="x")
+
+
+def test_random_init_architectures_are_the_same_every_run() -> None:
+    """timm:/smp: without weights are built under seed 0 (a report of random init used to
+    change from run to run), and the caller's RNG stream is left where it was."""
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    first = profile("timm:test_resnet", progress=False)
+    assert torch.equal(torch.rand(3), expected_next)
+    second = profile("timm:test_resnet", progress=False)
+    assert _values(first) == _values(second)
+    assert any("seed 0" in note for note in first.notes)
+    unet = [profile("smp:Unet/resnet18", input_shape=(3, 64, 64), progress=False) for _ in range(2)]
+    assert _values(unet[0]) == _values(unet[1])

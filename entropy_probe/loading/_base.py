@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,3 +173,15 @@ def module_source(module: nn.Module, options: LoadOptions) -> LoadedModel:
         notes=["an nn.Module given in memory: profiled with the weights it holds"],
         meta={"architecture": type(module).__name__},
     )
+
+
+RANDOM_INIT_SEED = 0
+
+
+@contextlib.contextmanager
+def seeded_init(seed: int = RANDOM_INIT_SEED) -> Iterator[None]:
+    """Build a model under a fixed seed (the caller's RNG state restored afterwards), so a
+    random-init architecture profiles the same way every run."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

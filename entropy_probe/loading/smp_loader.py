@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from entropy_probe.errors import SourceError, UnknownNameError
-from entropy_probe.loading._base import LoadedModel, Loader, LoadOptions
+from entropy_probe.loading._base import LoadedModel, Loader, LoadOptions, seeded_init
 from entropy_probe.loading.timm_loader import config_has_key, find_weight_file, read_config
 from entropy_probe.loading.torch_file import load_into, read_weights
 
@@ -81,12 +81,13 @@ class SmpLoader(Loader):
             )
             if stem is not None:
                 kwargs["in_channels"] = int(stem.shape[1])
-        model = smp.create_model(arch, encoder_name=encoder, **kwargs)
+        with seeded_init():
+            model = smp.create_model(arch, encoder_name=encoder, **kwargs)
         notes = []
         if state is not None:
             load_into(model, state, f"smp:{ident}", strict=options.strict)
         else:
-            notes.append("no --weights given: RANDOM initial weights (an untrained network)")
+            notes.append("no --weights given: RANDOM initial weights (an untrained network; seed 0, the same every run)")
         in_ch = int(kwargs.get("in_channels", 3))
         return LoadedModel(
             source=f"smp:{ident}",
@@ -109,7 +110,8 @@ class SmpLoader(Loader):
             raise _closest(arch, sorted(smp.MODEL_ARCHITECTURES_MAPPING), "architecture")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
-            model = smp.create_model(arch, **init)
+            with seeded_init():
+                model = smp.create_model(arch, **init)
         except (TypeError, KeyError, ValueError) as exc:
             raise SourceError(
                 f"{path}/config.json does not describe a valid {arch}: {exc}"

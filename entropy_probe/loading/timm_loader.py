@@ -11,7 +11,7 @@ from typing import Any
 from torch import nn
 
 from entropy_probe.errors import SourceError, UnknownNameError, first_line
-from entropy_probe.loading._base import LoadedModel, Loader, LoadOptions
+from entropy_probe.loading._base import LoadedModel, Loader, LoadOptions, seeded_init
 from entropy_probe.loading.torch_file import load_into, read_weights
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth")
@@ -109,14 +109,15 @@ class TimmLoader(Loader):
         kwargs: dict[str, Any] = {}
         if state is not None:
             kwargs = _head_kwargs(timm, ident, state)
-        model = timm.create_model(ident, pretrained=False, **kwargs)
+        with seeded_init():
+            model = timm.create_model(ident, pretrained=False, **kwargs)
         notes = []
         if state is not None:
             load_into(model, state, f"timm:{ident}", strict=options.strict)
         else:
             notes.append(
-                "no --weights given: the architecture has RANDOM initial weights, so this profile "
-                "describes an untrained network"
+                "no --weights given: the architecture has RANDOM initial weights (seed 0, the "
+                "same every run), so this profile describes an untrained network"
             )
         return LoadedModel(
             source=f"timm:{ident}",
@@ -144,7 +145,8 @@ class TimmLoader(Loader):
         kwargs: dict[str, Any] = dict(model_args)
         kwargs.update({k: cfg[k] for k in ("num_classes", "in_chans") if k in cfg})
         try:
-            model = timm.create_model(arch, pretrained=False, **kwargs)
+            with seeded_init():
+                model = timm.create_model(arch, pretrained=False, **kwargs)
         except (TypeError, ValueError, KeyError, AssertionError, RuntimeError) as exc:
             raise SourceError(
                 f"{path}/config.json does not describe a valid {arch}: {first_line(exc)}"
@@ -185,7 +187,8 @@ def _head_kwargs(timm: Any, name: str, state: dict[str, Any]) -> dict[str, Any]:
         classifier, first, default_classes = cfg.classifier, cfg.first_conv, cfg.num_classes
         default_chans = (cfg.input_size or (3,))[0]
     else:
-        probe = timm.create_model(name, pretrained=False)
+        with seeded_init():
+            probe = timm.create_model(name, pretrained=False)
         defaults = getattr(probe, "default_cfg", {}) or {}
         classifier, first = defaults.get("classifier"), defaults.get("first_conv")
         default_classes = probe.num_classes
