@@ -422,11 +422,17 @@ def _print_profile(result: Profile, *, all_layers: bool) -> None:
         )
     console.print(table)
     counts: dict[str, int] = {}
+    folded = 0
     for layer in result.layers:
+        if layer.folded_into is not None:  # counted in the layer it is folded into
+            folded += 1
+            continue
         counts[str(layer.status)] = counts.get(str(layer.status), 0) + 1
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    rows = len(result.layers) - folded
+    and_folded = f" + {folded} BatchNorms folded into them" if folded else ""
     console.print(
-        f"{len(result.layers)} layers ({summary}); "
+        f"{rows} layers{and_folded} ({summary}); "
         f"total ΔH = {_fmt(result.total_delta_h(), 1)} nats"
     )
 

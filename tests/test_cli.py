@@ -324,3 +324,12 @@ def test_report_with_data(tmp_path: Path) -> None:
     text = out.read_text(encoding="utf-8")
     assert "features.2" in text  # the measured ReLU row appears in the report
     assert "gaussian" in text
+
+
+def test_summary_counts_a_folded_batchnorm_in_its_layer() -> None:
+    """The summary line used to count folded BatchNorm rows as layers of their own (resnet18:
+    '16 singular' for 8 singular maps)."""
+    result = invoke("profile", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("4 layers + 2 BatchNorms folded into them (4 ok); total ΔH = 315.4")
