@@ -39,6 +39,12 @@ class LayerRule(ABC):
     """How to analyse one layer kind. Subclass, then register through a plugin."""
 
     kind: str = ""
+    #: The layer group this kind's layers belong to: ``"dense"`` (a matrix applied at every
+    #: token, like ``nn.Linear``) or ``"conv"`` (a convolution). It decides the band a layer is
+    #: compared with (``entropy_probe.patterns``) and the fine-tuning loss term it gets;
+    #: ``None`` (the default) keeps the kind's layers out of both (they are still profiled,
+    #: and listed as not compared).
+    group: str | None = None
     #: True when the weight's output channels sit in dim 1 (ConvTranspose layout).
     transposed: bool = False
 
@@ -85,6 +91,7 @@ class DenseRule(LayerRule):
     """nn.Linear / Gemm / MatMul by a constant: W (out, in) applied at every token."""
 
     kind = LayerKind.LINEAR
+    group = "dense"
 
     def check(self, record: LayerRecord) -> None:
         super().check(record)
@@ -105,6 +112,8 @@ class DenseRule(LayerRule):
 
 class ConvRule(LayerRule):
     """Conv1d/2d/3d: `paper` first-tap method and the exact `spectral` method."""
+
+    group = "conv"
 
     def __init__(self, kind: str, spatial_dims: int, *, transposed: bool = False) -> None:
         self.kind = kind
@@ -159,7 +168,9 @@ class ConvRule(LayerRule):
 
 
 class BatchNormRule(LayerRule):
-    """Eval-mode BatchNorm: a diagonal map, ΔH = positions·Σ_c log|γ_c/sqrt(var_c+ε)|."""
+    """Eval-mode BatchNorm: a diagonal map, ΔH = positions·Σ_c log|γ_c/sqrt(var_c+ε)|.
+
+    No layer group: a BatchNorm is folded into the layer before it, or counted on its own."""
 
     kind = LayerKind.BATCHNORM
 

@@ -32,6 +32,7 @@ from entropy_probe.patterns.pattern import (
     pattern_points,
     random_baseline,
     undefined_for,
+    ungrouped_layers,
 )
 from entropy_probe.patterns.reference import Points, Reference
 
@@ -270,10 +271,13 @@ class Comparison:
     layers: tuple[LayerDeviation, ...]
     band: FamilyBand
     picked: str = ""  # how the family was chosen (for --reference auto)
-    # analysed dense/conv layers not scored: no band for their group, or no finite value
+    # analysed layers not scored: no band for their group, no finite value, or no group
     not_compared: tuple[str, ...] = ()
     # layers whose value of the quantity is not defined (relative_excess, |E[s]| too small)
     not_defined: tuple[str, ...] = ()
+    # (name, reason) of the analysed layers (also in not_compared) whose kind belongs to no
+    # layer group: a plugin rule that declares no ``group`` (LayerRule.group)
+    no_group: tuple[tuple[str, str], ...] = ()
 
     @property
     def out_of_band(self) -> tuple[LayerDeviation, ...]:
@@ -290,7 +294,15 @@ class Comparison:
         )
 
     def notes(self) -> list[str]:
-        """What was left out because the quantity is not defined there (empty otherwise)."""
+        """What was left out because the quantity is not defined there, and the layers whose
+        kind belongs to no layer group, with the reason (empty when neither)."""
+        by_reason: dict[str, list[str]] = {}
+        for name, reason in self.no_group:
+            by_reason.setdefault(reason, []).append(name)
+        no_group = [f"{why}; not compared: {', '.join(names)}" for why, names in by_reason.items()]
+        return self._undefined_notes() + no_group
+
+    def _undefined_notes(self) -> list[str]:
         if not self.not_defined and not self.band.left_out:
             return []
         where: list[str] = []
@@ -327,7 +339,10 @@ class Comparison:
 
 
 def compare_profile(profile: Profile, band: FamilyBand, *, picked: str = "") -> Comparison:
-    """Deviation of every analysed dense/conv layer from ``band``, and the agreement score."""
+    """Deviation of every analysed dense/conv layer from ``band``, and the agreement score.
+
+    Analysed layers of a kind that belongs to no layer group (a plugin rule declaring no
+    ``group``) are listed in ``not_compared``, and in ``no_group`` with the reason."""
     layers = []
     missing: list[str] = []
     undefined: list[str] = []
@@ -371,6 +386,8 @@ def compare_profile(profile: Profile, band: FamilyBand, *, picked: str = "") -> 
         for x in profile.analysed
         if layer_group(x.kind) is not None and x.depth is not None and x.name not in compared
     ]
+    no_group = tuple(ungrouped_layers(profile))
+    missing += [name for name, _ in no_group if name not in compared]
     score = math.fsum(x.credit for x in layers) / len(layers) if layers else None
     return Comparison(
         source=profile.source,
@@ -382,4 +399,5 @@ def compare_profile(profile: Profile, band: FamilyBand, *, picked: str = "") -> 
         picked=picked,
         not_compared=tuple(missing),
         not_defined=tuple(undefined),
+        no_group=no_group,
     )

@@ -4,7 +4,9 @@ the fine-tuning losses (DESIGN.md 2.5–2.7).
 A profile's analysed dense and conv layers are placed at their relative depth in [0, 1]
 (``LayerEntropy.depth``: execution order over the analysed non-BatchNorm layers). A pattern is,
 per layer group (``dense``, ``conv``), a piecewise-linear curve of one per-layer quantity over
-that depth. Four quantities exist:
+that depth. A layer's group is the one its kind's rule declares (``LayerRule.group``: a
+plugin's rule may declare one too); layers of a kind with none are not part of any pattern.
+Four quantities exist:
 
 * ``shape_excess`` (the default): s − E[s of an iid Gaussian weight of the same structure], the
   scale-free spectral shape s = mean log σ − log sqrt(mean σ²) (DESIGN 2.7) measured from the
@@ -23,6 +25,7 @@ that depth. Four quantities exist:
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +33,7 @@ from enum import Enum
 from typing import Any
 
 from entropy_probe.entropy.profile import LayerEntropy, Profile
+from entropy_probe.entropy.rules import LayerRule
 from entropy_probe.enums import LayerKind
 from entropy_probe.errors import EntropyProbeError
 
@@ -42,12 +46,14 @@ __all__ = [
     "ReferencePattern",
     "layer_group",
     "layer_value",
+    "no_group_reason",
     "pattern_points",
     "profile_pattern",
     "random_baseline",
     "relative_excess_defined",
     "require_layer_order",
     "undefined_for",
+    "ungrouped_layers",
 ]
 
 
@@ -78,21 +84,72 @@ DEFAULT_QUANTITY = Quantity.SHAPE_EXCESS
 # the next smallest |E[s]| is 0.016.
 RELATIVE_EXCESS_FLOOR = 0.01
 
-_DENSE_KINDS = {LayerKind.LINEAR.value}
-_NOT_PATTERN = {LayerKind.BATCHNORM.value}
+
+@functools.cache
+def _builtin_groups() -> dict[str, LayerGroup | None]:
+    """The groups the built-in rules declare (``LayerRule.group``), by kind."""
+    from entropy_probe.entropy.rules import builtin_rules
+
+    return {
+        str(rule.kind): None if rule.group is None else LayerGroup(rule.group)
+        for rule in builtin_rules()
+    }
 
 
 def layer_group(kind: str) -> LayerGroup | None:
-    """``dense`` for linear layers, ``conv`` for (transposed) convolutions of any rank and
-    plugin kinds whose name starts with ``conv``, None for anything else (BatchNorm)."""
+    """The layer group of ``kind``: the one its rule declares (``LayerRule.group``): ``dense``
+    for linear layers, ``conv`` for (transposed) convolutions of any rank, None for BatchNorm;
+    for a plugin's kind, its registered rule's ``group``. None for a kind whose rule declares
+    none or that has no registered rule (a profile written with a plugin not installed now).
+    :func:`no_group_reason` says which."""
     kind = str(kind)
-    if kind in _NOT_PATTERN:
-        return None
-    if kind in _DENSE_KINDS:
-        return LayerGroup.DENSE
-    if kind.startswith("conv"):
-        return LayerGroup.CONV
-    return None
+    builtin = _builtin_groups()
+    if kind in builtin:  # no registry needed: the built-in rules are always registered
+        return builtin[kind]
+    rule = _registered_rule(kind)
+    return None if rule is None or rule.group is None else LayerGroup(rule.group)
+
+
+def _registered_rule(kind: str) -> LayerRule | None:
+    from entropy_probe.plugins import get_registry
+
+    rules = get_registry().rules
+    return rules.get(kind) if kind in rules else None
+
+
+def no_group_reason(kind: str) -> str:
+    """Why layers of ``kind`` belong to no layer group (so are neither compared with a band
+    nor given a loss term); "" when they belong to one."""
+    kind = str(kind)
+    if layer_group(kind) is not None:
+        return ""
+    if kind in _builtin_groups():
+        return f"kind {kind!r} belongs to no layer group: its rule declares none"
+    if _registered_rule(kind) is not None:
+        from entropy_probe.plugins import get_registry
+
+        owner = get_registry().rules.owner(kind)
+        return (
+            f"kind {kind!r} belongs to no layer group: its rule declares none "
+            f"(LayerRule.group, plugin {owner!r})"
+        )
+    return (
+        f"kind {kind!r} belongs to no layer group: no rule is registered for it (is the plugin "
+        "that provides it installed?)"
+    )
+
+
+def ungrouped_layers(profile: Profile) -> list[tuple[str, str]]:
+    """(name, reason) for every analysed layer with a relative depth that belongs to no layer
+    group: a plugin kind whose rule declares no ``group``. Such layers are profiled but
+    neither compared with a reference band nor given a fine-tuning loss term."""
+    out = []
+    for layer in profile.analysed:
+        if layer.depth is None or layer.kind == LayerKind.BATCHNORM:
+            continue
+        if layer_group(layer.kind) is None:
+            out.append((layer.name, no_group_reason(layer.kind)))
+    return out
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ so the loss and the analysis report the same numbers (tests prove it to ~1e-10).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +22,7 @@ from entropy_probe.entropy.profile import Profile, compute_profile
 from entropy_probe.entropy.rules import ConvRule, LayerRule
 from entropy_probe.enums import ConvMethod, LayerKind
 from entropy_probe.errors import ShapeError, UnsupportedLayerError
-from entropy_probe.patterns.pattern import LayerGroup, Quantity, layer_group
+from entropy_probe.patterns.pattern import LayerGroup, Quantity, layer_group, ungrouped_layers
 from entropy_probe.plugins import get_registry
 from entropy_probe.walk.module_walker import walk_module
 from entropy_probe.walk.records import LayerRecord
@@ -58,6 +59,10 @@ def find_loss_layers(
     the profile itself (a reference ``auto`` picks its family from it). For the shape
     quantities a layer with a single singular value is left out, as patterns leave it out:
     its shape is 0 whatever the weights.
+
+    A layer's group is the one its rule declares (``LayerRule.group``), so a plugin's layers
+    get terms when their rule declares ``dense`` or ``conv``. Analysed layers of a kind that
+    belongs to no group get none: a ``UserWarning`` names them and says why.
     """
     registry = get_registry()
     try:
@@ -106,7 +111,25 @@ def find_loss_layers(
                 shape_random=entry.spectral_shape_random,
             )
         )
+    _warn_ungrouped(profile)
     return layers, profile
+
+
+class NoLossTermWarning(UserWarning):
+    """Analysed layers the entropy loss gives no term: their kind belongs to no layer group."""
+
+
+def _warn_ungrouped(profile: Profile) -> None:
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in ungrouped_layers(profile):
+        by_reason.setdefault(reason, []).append(name)
+    for reason, names in by_reason.items():
+        plural = "s" if len(names) > 1 else ""
+        warnings.warn(
+            f"the entropy loss gives layer{plural} {', '.join(map(repr, names))} no term: {reason}",
+            NoLossTermWarning,
+            stacklevel=4,  # _warn_ungrouped, find_loss_layers, build_entropy_loss, the caller
+        )
 
 
 def _spectral_dims(record: LayerRecord, rule: LayerRule) -> int:

@@ -8,9 +8,11 @@ from dataclasses import replace
 import pytest
 import torch
 
+from entropy_probe import plugins
 from entropy_probe.api import profile_loaded
 from entropy_probe.default_model import load_default_model
 from entropy_probe.entropy.profile import LayerEntropy, Profile
+from entropy_probe.entropy.rules import DenseRule
 from entropy_probe.enums import Status
 from entropy_probe.errors import EntropyProbeError
 from entropy_probe.loading import LoadedModel
@@ -24,12 +26,15 @@ from entropy_probe.patterns.pattern import (
     DepthCurve,
     LayerGroup,
     Quantity,
+    layer_group,
     layer_value,
+    no_group_reason,
     pattern_points,
     profile_pattern,
 )
 from entropy_probe.patterns.reference import Provenance, Reference, reference_from_profile
 from entropy_probe.patterns.select import Traits, guess_family
+from entropy_probe.plugins import PluginRegistrar, build_registry
 
 pytestmark = pytest.mark.usefixtures("builtin_plugins_only")
 
@@ -201,6 +206,71 @@ def test_layers_without_a_band_are_listed_not_scored() -> None:
     assert "no layer could be compared" in result.verdict()
 
 
+class _PluginDense(DenseRule):
+    kind = "plug_dense"
+    group = "conv"  # a plugin may put its layers in either group
+
+
+class _PluginPlain(DenseRule):
+    kind = "plug_plain"
+    group = None
+
+
+@pytest.fixture
+def plugin_rules(builtin_plugins_only: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The built-ins plus two plugin rules (plugin 'plug'): one in the conv group, one in none."""
+    registry = build_registry(autoload=False)
+    registrar = PluginRegistrar(registry, "plug")
+    registrar.add_rule(_PluginDense())
+    registrar.add_rule(_PluginPlain())
+    monkeypatch.setattr(plugins, "_registry", registry)
+
+
+@pytest.mark.usefixtures("plugin_rules")
+def test_layer_group_comes_from_the_rule_not_the_kind_name() -> None:
+    assert layer_group("linear") is LayerGroup.DENSE
+    for kind in ("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose3d"):
+        assert layer_group(kind) is LayerGroup.CONV
+    assert layer_group("batchnorm") is None
+    assert layer_group("plug_dense") is LayerGroup.CONV  # what its rule declares
+    assert layer_group("plug_plain") is None
+    assert layer_group("conv_lora") is None  # no rule registered: no guess from the name
+    assert no_group_reason("plug_plain") == (
+        "kind 'plug_plain' belongs to no layer group: its rule declares none "
+        "(LayerRule.group, plugin 'plug')"
+    )
+    assert no_group_reason("conv_lora").startswith(
+        "kind 'conv_lora' belongs to no layer group: no rule is registered for it"
+    )
+
+
+@pytest.mark.usefixtures("plugin_rules")
+def test_layers_of_no_group_are_listed_not_compared_with_the_reason() -> None:
+    band = family_band(
+        "fam",
+        [ref("a", {LayerGroup.DENSE: [(0.0, -1.0)], LayerGroup.CONV: [(0.0, -1.0)]})],
+    )
+    bn = replace(layer("bn", "batchnorm", 0.5, -0.1), depth=None)
+    prof = make_profile(
+        layer("d", "linear", 0.0, -1.5),
+        bn,
+        layer("p", "plug_dense", 0.25, -1.5),
+        layer("x", "plug_plain", 0.5, -1.5),
+        layer("y", "plug_plain", 0.75, -1.5),
+        layer("gone", "conv_lora", 1.0, -1.5),
+    )
+    result = compare_profile(prof, band)
+    assert [(x.name, x.group) for x in result.layers] == [
+        ("d", LayerGroup.DENSE),
+        ("p", LayerGroup.CONV),
+    ]
+    assert result.not_compared == ("x", "y", "gone")  # not the BatchNorm: it has no depth
+    assert [name for name, _ in result.no_group] == ["x", "y", "gone"]
+    plain, gone = no_group_reason("plug_plain"), no_group_reason("conv_lora")
+    assert result.notes() == [f"{plain}; not compared: x, y", f"{gone}; not compared: gone"]
+    assert result.to_dict()["not_compared"] == ["x", "y", "gone"]
+
+
 def test_a_network_agrees_fully_with_itself() -> None:
     prof = default_profile()
     own = reference_from_profile(
@@ -209,6 +279,7 @@ def test_a_network_agrees_fully_with_itself() -> None:
     result = compare_profile(prof, family_band("fam", [own]))
     assert result.score == pytest.approx(1.0)
     assert all(x.in_band for x in result.layers)
+    assert result.no_group == () and result.notes() == []  # built-ins: every kind has a group
     data = result.to_dict()
     assert data["schema"] == "entropy_probe.comparison/1"
     assert {"reference", "score", "layers"} <= set(data)

@@ -10,7 +10,9 @@ The plugin registers, through the ``entropy_probe.plugins`` entry point (see pyp
 * the layer kind ``scaled_linear`` for ``ScaledLinear`` (and, along the MRO, its subclasses);
 * :class:`ScaledLinearRule`, which hands the engine the matrix s·W as ``PaperTerms``. The engine
   batches it with every other matrix of the same shape, so the rule never takes a
-  log-determinant itself.
+  log-determinant itself. The rule declares ``group = "dense"``: a ``ScaledLinear`` is a matrix
+  applied at every token, so its layers are compared with the dense band of the reference
+  families and get the dense term of the fine-tuning entropy loss, like ``nn.Linear``.
 """
 
 from __future__ import annotations
@@ -81,6 +83,9 @@ class ScaledLinearRule(LayerRule):
     """ΔH per position = Σ log σ_i(s·W) = Σ log σ_i(W) + min(out, in)·log|s|."""
 
     kind = KIND
+    #: compared with the dense band, and given the dense loss term, like nn.Linear (a rule
+    #: that leaves this None keeps its layers out of the comparison and the loss)
+    group = "dense"
 
     def check(self, record: LayerRecord) -> None:
         super().check(record)  # a weight is present

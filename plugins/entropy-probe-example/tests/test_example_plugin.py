@@ -167,6 +167,53 @@ def test_following_batchnorm_is_folded() -> None:
     assert layer.delta_h == pytest.approx(expected_per_position(net[0]) + bn_log, rel=REL)
 
 
+def test_compared_with_the_dense_band_and_given_the_dense_loss_term() -> None:
+    """The rule declares ``group = "dense"``: ScaledLinear layers are compared with the dense
+    band of the reference family, like nn.Linear, and get the dense fine-tuning loss term."""
+    from entropy_probe.patterns.pattern import Quantity, layer_value
+    from entropy_probe.patterns.select import compare_with
+    from entropy_probe.train.losses import build_entropy_loss
+
+    assert example.ScaledLinearRule.group == "dense"
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        ScaledLinear(16, 16, scale=2.0),
+        nn.ReLU(),
+        ScaledLinear(16, 16, scale=0.5),
+        nn.ReLU(),
+        nn.Linear(16, 4),
+    ).eval()
+    profile = profile_loaded(
+        LoadedModel(source="example", format="torch", module=net, input_shape=(16,)),
+        device="cpu",
+    )
+    comparison = compare_with(profile, "auto")
+    assert [(x.name, x.kind, str(x.group)) for x in comparison.layers] == [
+        ("0", "scaled_linear", "dense"),
+        ("2", "scaled_linear", "dense"),
+        ("4", "linear", "dense"),
+    ]
+    assert comparison.not_compared == () and comparison.notes() == []
+
+    # amortise="scale": the gradient goes straight through s·W to weight_unscaled and scale
+    loss = build_entropy_loss(
+        net,
+        lambda_dense=1.0,
+        lambda_conv=0.0,
+        quantity="delta_h_per_dim",  # the quantity that depends on the gain s too
+        example_input=torch.randn(1, 16),
+        every=1,
+        amortise="scale",
+    )
+    assert [layer.name for layer in loss.layers] == ["0", "2", "4"]
+    expected = {x.name: layer_value(x, Quantity.DELTA_H_PER_DIM) for x in profile.layers}
+    assert loss.layer_values(net) == pytest.approx(expected, rel=REL)
+    sum(loss(net, 0).values()).backward()  # type: ignore[union-attr]
+    for i in (0, 2):
+        assert float(net[i].weight_unscaled.grad.abs().sum()) > 0
+        assert float(net[i].scale.grad) != 0
+
+
 def test_cli_lists_the_plugin_and_its_rule() -> None:
     runner = CliRunner()
     result = runner.invoke(main, ["plugins"])
