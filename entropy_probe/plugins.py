@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,24 @@ from entropy_probe.registry import Registry
 ENTRY_POINT_GROUP = "entropy_probe.plugins"
 DISABLE_ENV = "ENTROPY_PROBE_DISABLE_PLUGIN_AUTOLOAD"
 BUILTIN_NAME = "builtin"
+#: What a layer kind looks like (rules and module kinds): a lower-case identifier.
+KIND_PATTERN = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def check_kind(kind: object, *, plugin: str, where: str) -> str:
+    """``kind`` if it is a valid layer kind (:data:`KIND_PATTERN`), else a PluginError naming
+    the plugin and suggesting the nearest valid spelling."""
+    if isinstance(kind, str) and KIND_PATTERN.fullmatch(kind):
+        return kind
+    fixed = re.sub(r"[^a-z0-9_]+", "_", str(kind).strip().lower()).strip("_")
+    fixed = fixed if KIND_PATTERN.fullmatch(fixed) else ""
+    hint = f", e.g. {fixed!r}" if fixed and isinstance(kind, str) else ""
+    raise PluginError(
+        f"{where}: {kind!r} is not a valid layer kind: it needs a lower-case kind, an "
+        f"identifier of letters, digits and underscores starting with a letter "
+        f"({KIND_PATTERN.pattern}){hint}",
+        plugin=plugin,
+    )
 
 
 @dataclass
@@ -34,6 +53,7 @@ class PluginRegistry:
     loaders: Registry[Loader] = field(default_factory=lambda: Registry("loader scheme"))
     rules: Registry[LayerRule] = field(default_factory=lambda: Registry("layer rule"))
     module_kinds: dict[type, str] = field(default_factory=dict)
+    module_kind_owners: dict[type, str] = field(default_factory=dict)  # type -> plugin
     plugins: dict[str, str] = field(default_factory=dict)  # name -> distribution
 
     def kind_of(self, module: nn.Module) -> str | None:
@@ -61,19 +81,45 @@ class PluginRegistrar:
         self._registry.loaders.register(loader.scheme, loader, owner=self.owner)
 
     def add_rule(self, rule: LayerRule) -> None:
-        if not isinstance(rule, LayerRule) or not rule.kind or rule.kind != rule.kind.lower():
+        """Register ``rule`` for its ``kind`` (a lower-case identifier). Its ``group``
+        (``"dense"``, ``"conv"`` or None) decides whether its layers are compared with the
+        reference bands and get fine-tuning loss terms."""
+        from entropy_probe.patterns.pattern import LayerGroup
+
+        if not isinstance(rule, LayerRule):
             raise PluginError(
                 "add_rule needs a LayerRule instance with a lower-case kind", plugin=self.owner
             )
-        self._registry.rules.register(str(rule.kind), rule, owner=self.owner)
+        where = f"add_rule({type(rule).__name__})"
+        raw = str(rule.kind) if isinstance(rule.kind, str) else rule.kind  # a StrEnum: its value
+        kind = check_kind(raw, plugin=self.owner, where=where)
+        if rule.group is not None and rule.group not in {g.value for g in LayerGroup}:
+            raise PluginError(
+                f"{where}: rule {kind!r} declares group {rule.group!r}; a layer group is one of "
+                f"{', '.join(repr(g.value) for g in LayerGroup)}, or None for none",
+                plugin=self.owner,
+            )
+        self._registry.rules.register(kind, rule, owner=self.owner)
 
     def add_module_kind(self, module_type: type, kind: str) -> None:
-        """Map an ``nn.Module`` subclass to a layer kind (subclasses inherit it)."""
+        """Map an ``nn.Module`` subclass to a layer kind (subclasses inherit it along the MRO).
+
+        A kind with no registered rule is allowed (another plugin may provide it), but its
+        layers are profiled as ``skipped`` with the reason ``unknown layer rule ...``."""
         if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
             raise PluginError(f"{module_type!r} is not an nn.Module subclass", plugin=self.owner)
-        if module_type in self._registry.module_kinds:
-            raise DuplicateNameError(f"module type {module_type.__name__} already has a kind")
-        self._registry.module_kinds[module_type] = kind
+        name = module_type.__qualname__
+        kind = check_kind(kind, plugin=self.owner, where=f"add_module_kind({name})")
+        registry = self._registry
+        if module_type in registry.module_kinds:
+            first = registry.module_kind_owners.get(module_type) or "unknown"
+            existing = str(registry.module_kinds[module_type])
+            raise DuplicateNameError(
+                f"module type {name} ({module_type.__module__}.{name}) is mapped to a kind "
+                f"twice: to {existing!r} by {first} and to {kind!r} by {self.owner or 'unknown'}"
+            )
+        registry.module_kinds[module_type] = kind
+        registry.module_kind_owners[module_type] = self.owner
 
 
 _lock = threading.RLock()

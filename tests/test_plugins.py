@@ -379,6 +379,36 @@ def test_add_rule_needs_a_layer_rule(registrar: PluginRegistrar) -> None:
         registrar.add_rule(object())  # type: ignore[arg-type]
 
 
+def test_builtin_rules_declare_their_layer_group() -> None:
+    registry = build_registry(autoload=False)
+    groups = {kind: registry.rule_for(kind).group for kind in BUILTIN_RULES}
+    assert groups == {
+        "batchnorm": None,
+        "conv1d": "conv",
+        "conv2d": "conv",
+        "conv3d": "conv",
+        "conv_transpose1d": "conv",
+        "conv_transpose2d": "conv",
+        "conv_transpose3d": "conv",
+        "linear": "dense",
+    }
+    assert LayerRule.group is None  # a plugin rule belongs to no group unless it says so
+
+
+@pytest.mark.parametrize("group", ["Dense", "linear", "", 1])
+def test_add_rule_needs_a_known_group(registrar: PluginRegistrar, group: Any) -> None:
+    class Grouped(DenseRule):
+        kind = "grouped"
+
+    Grouped.group = group
+    with pytest.raises(
+        PluginError,
+        match=rf"add_rule\(Grouped\): rule 'grouped' declares group {group!r}; a layer group is "
+        r"one of 'dense', 'conv', or None for none \(plugin 'checker'\)",
+    ):
+        registrar.add_rule(Grouped())
+
+
 def test_add_rule_needs_a_lower_case_kind(registrar: PluginRegistrar) -> None:
     class Upper(DenseRule):
         kind = "Dense"
@@ -410,8 +440,114 @@ def test_add_module_kind_needs_a_module_type(registrar: PluginRegistrar) -> None
 
 def test_add_module_kind_twice_is_an_error(registrar: PluginRegistrar) -> None:
     registrar.add_module_kind(Doubler, "fake_dense")
-    with pytest.raises(DuplicateNameError, match="module type Doubler already has a kind"):
+    with pytest.raises(
+        DuplicateNameError,
+        match=r"module type Doubler \(test_plugins\.Doubler\) is mapped to a kind twice: "
+        r"to 'fake_dense' by checker and to 'other' by checker",
+    ):
         registrar.add_module_kind(Doubler, "other")
+    assert registrar._registry.module_kinds[Doubler] == "fake_dense"  # the first one stays
+
+
+def test_plugin_mapping_a_builtin_module_type_names_both_owners(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def mine() -> Any:
+        return types.SimpleNamespace(register=lambda r: r.add_module_kind(nn.Linear, "my_dense"))
+
+    install_entry_points(monkeypatch, FakeEntryPoint("mine", mine, FakeDist("mine-dist", "2")))
+    with pytest.raises(PluginError) as info:
+        build_registry()
+    assert str(info.value) == (
+        "plugin failed while registering: module type Linear (torch.nn.modules.linear.Linear) "
+        "is mapped to a kind twice: to 'linear' by builtin and to 'my_dense' by mine "
+        "(plugin 'mine', mine-dist 2)"
+    )
+    assert isinstance(info.value.__cause__, DuplicateNameError)
+
+
+def test_two_plugins_mapping_the_same_module_type_name_both(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    install_entry_points(
+        monkeypatch,
+        FakeEntryPoint("first", good_plugin),
+        FakeEntryPoint(
+            "second",
+            lambda: types.SimpleNamespace(register=lambda r: r.add_module_kind(Doubler, "twice")),
+        ),
+    )
+    with pytest.raises(
+        PluginError,
+        match=r"module type Doubler .* to 'fake_dense' by first and to 'twice' by second "
+        r"\(plugin 'second'",
+    ):
+        build_registry()
+
+
+def test_a_subclass_of_a_mapped_type_may_get_its_own_kind(registrar: PluginRegistrar) -> None:
+    registrar.add_module_kind(nn.Conv2d, "conv2d")
+    registrar.add_module_kind(MyConv, "my_conv")  # more specific: not a duplicate
+    assert registrar._registry.module_kind_owners == {nn.Conv2d: "checker", MyConv: "checker"}
+
+
+@pytest.mark.parametrize(
+    ("kind", "hint"),
+    [
+        ("Other Kind", "e.g. 'other_kind'"),
+        ("Dense", "e.g. 'dense'"),
+        ("my kind", "e.g. 'my_kind'"),
+        ("my-conv", "e.g. 'my_conv'"),
+        ("2d", None),
+        ("_hidden", "e.g. 'hidden'"),
+        ("", None),
+        (None, None),
+        (3, None),
+    ],
+)
+def test_add_module_kind_needs_a_lower_case_identifier(
+    registrar: PluginRegistrar, kind: Any, hint: str | None
+) -> None:
+    with pytest.raises(PluginError) as info:
+        registrar.add_module_kind(Doubler, kind)
+    message = str(info.value)
+    assert message.startswith(f"add_module_kind(Doubler): {kind!r} is not a valid layer kind")
+    assert "lower-case kind" in message and "[a-z][a-z0-9_]*" in message
+    assert message.endswith("(plugin 'checker')")
+    assert (hint in message) if hint else "e.g." not in message
+    assert Doubler not in registrar._registry.module_kinds
+
+
+@pytest.mark.parametrize("kind", ["my kind", "Other", "conv-2d", "2d"])
+def test_add_rule_needs_an_identifier_kind(registrar: PluginRegistrar, kind: str) -> None:
+    class Bad(DenseRule):
+        pass
+
+    Bad.kind = kind
+    with pytest.raises(PluginError, match=r"add_rule\(Bad\): .* lower-case kind.*'checker'"):
+        registrar.add_rule(Bad())
+    assert kind not in registrar._registry.rules
+
+
+def test_module_kind_without_a_rule_is_profiled_as_skipped_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A kind may come from another plugin's rule, so mapping one without a rule is allowed;
+    its layers are listed as skipped, with the reason, and the rest is analysed."""
+    from entropy_probe import LoadedModel, Status, profile_loaded
+
+    def orphan() -> Any:
+        return types.SimpleNamespace(register=lambda r: r.add_module_kind(Doubler, "orphan"))
+
+    install_entry_points(monkeypatch, FakeEntryPoint("orphan", orphan))
+    model = nn.Sequential(Doubler(3), nn.Linear(3, 3)).eval()
+    profile = profile_loaded(
+        LoadedModel(source="m", format="torch", module=model, input_shape=(3,)), device="cpu"
+    )
+    doubler, linear = profile.layers
+    assert (doubler.kind, doubler.status) == ("orphan", Status.SKIPPED)
+    assert "unknown layer rule 'orphan'" in doubler.reason
+    assert linear.status is Status.OK
 
 
 def test_plugin_module_is_importable_like_a_real_plugin(
@@ -457,3 +593,149 @@ def test_cli_names_the_way_out_of_a_broken_plugin(monkeypatch: pytest.MonkeyPatc
     assert "Traceback" not in result.output
     assert "broken-dist 1" in result.output
     assert "ENTROPY_PROBE_DISABLE_PLUGIN_AUTOLOAD=1" in result.output
+
+
+# --------------------------------------------------------------------------- layer groups
+
+
+class ScaledDense(nn.Module):
+    """y = s·(x Wᵀ); its map is the property ``weight`` = s·W (as in the example plugin)."""
+
+    def __init__(self, n_in: int, n_out: int, scale: float = 1.0) -> None:
+        super().__init__()
+        self.weight_unscaled = nn.Parameter(torch.randn(n_out, n_in) / n_in**0.5)
+        self.scale = nn.Parameter(torch.tensor(scale))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.scale * self.weight_unscaled
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * (x @ self.weight_unscaled.T)
+
+
+class UngroupedDense(ScaledDense):
+    pass
+
+
+class ScaledDenseRule(DenseRule):
+    kind = "scaled_dense"
+    group = "dense"  # compared with the dense band, given the dense loss term
+
+
+class UngroupedDenseRule(DenseRule):
+    kind = "ungrouped_dense"
+    group = None  # analysed, but neither compared nor given a loss term
+
+
+def grouping_plugin() -> types.ModuleType:
+    module = types.ModuleType("fake_grouping_plugin")
+
+    def register(registrar: PluginRegistrar) -> None:
+        registrar.add_rule(ScaledDenseRule())
+        registrar.add_rule(UngroupedDenseRule())
+        registrar.add_module_kind(ScaledDense, "scaled_dense")
+        registrar.add_module_kind(UngroupedDense, "ungrouped_dense")
+
+    module.register = register  # type: ignore[attr-defined]
+    return module
+
+
+def plugin_mlp(layer: type[ScaledDense]) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        layer(16, 16, 2.0), nn.ReLU(), layer(16, 16, 0.5), nn.ReLU(), nn.Linear(16, 4)
+    ).eval()
+
+
+NO_GROUP = (
+    "kind 'ungrouped_dense' belongs to no layer group: its rule declares none "
+    "(LayerRule.group, plugin 'grp')"
+)
+
+
+def test_layer_group_is_what_the_rule_declares(monkeypatch: pytest.MonkeyPatch) -> None:
+    from entropy_probe.patterns.pattern import LayerGroup, layer_group, no_group_reason
+
+    install_entry_points(monkeypatch, FakeEntryPoint("grp", grouping_plugin))
+    assert layer_group("scaled_dense") is LayerGroup.DENSE
+    assert layer_group("ungrouped_dense") is None
+    assert no_group_reason("ungrouped_dense") == NO_GROUP
+    assert no_group_reason("scaled_dense") == ""
+    assert layer_group("linear") is LayerGroup.DENSE
+    assert layer_group("conv_transpose2d") is LayerGroup.CONV
+
+
+def test_plugin_layers_of_a_group_are_compared_and_get_loss_terms(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The reviewer's case: Sequential(ScaledDense, ReLU, ScaledDense, ReLU, Linear) with a
+    plugin rule declaring ``group = "dense"``: all three layers are compared with the dense
+    band and get the dense loss term, with the profile's own values."""
+    from entropy_probe import LoadedModel, profile_loaded
+    from entropy_probe.patterns.pattern import Quantity, layer_value
+    from entropy_probe.patterns.select import Traits, compare_with
+    from entropy_probe.train.losses import build_entropy_loss
+
+    install_entry_points(monkeypatch, FakeEntryPoint("grp", grouping_plugin))
+    model = plugin_mlp(ScaledDense)
+    profile = profile_loaded(
+        LoadedModel(source="m", format="torch", module=model, input_shape=(16,)), device="cpu"
+    )
+    assert [x.kind for x in profile.layers] == ["scaled_dense", "scaled_dense", "linear"]
+    assert Traits.of(profile).dense_layers == 3
+    comparison = compare_with(profile, "auto")
+    assert [x.name for x in comparison.layers] == ["0", "2", "4"]
+    assert [x.group for x in comparison.layers] == ["dense"] * 3
+    assert comparison.not_compared == () and comparison.notes() == []
+
+    loss = build_entropy_loss(
+        model,
+        lambda_dense=1.0,
+        lambda_conv=0.0,
+        example_input=torch.randn(1, 16),
+        every=1,
+        amortise="scale",
+    )
+    assert [x.name for x in loss.layers] == ["0", "2", "4"]
+    expected = {x.name: layer_value(x, Quantity.SHAPE_EXCESS) for x in profile.layers}
+    assert loss.layer_values(model) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    sum(loss(model, 0).values()).backward()  # type: ignore[union-attr]
+    for i in (0, 2):
+        grad = model[i].weight_unscaled.grad
+        assert grad is not None and float(grad.abs().sum()) > 0
+
+
+def test_plugin_layers_of_no_group_are_listed_and_get_no_term(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rule declaring no group: its layers are still profiled, listed as not compared with
+    the reason, and the loss warns that they get no term."""
+    from entropy_probe import LoadedModel, profile_loaded
+    from entropy_probe.patterns.select import compare_with
+    from entropy_probe.train._loss_layers import NoLossTermWarning
+    from entropy_probe.train.losses import build_entropy_loss
+
+    install_entry_points(monkeypatch, FakeEntryPoint("grp", grouping_plugin))
+    model = plugin_mlp(UngroupedDense)
+    profile = profile_loaded(
+        LoadedModel(source="m", format="torch", module=model, input_shape=(16,)), device="cpu"
+    )
+    assert [x.analysed for x in profile.layers] == [True, True, True]
+    comparison = compare_with(profile, "auto")
+    assert [x.name for x in comparison.layers] == ["4"]
+    assert comparison.not_compared == ("0", "2")
+    assert comparison.no_group == (("0", NO_GROUP), ("2", NO_GROUP))
+    assert comparison.notes() == [f"{NO_GROUP}; not compared: 0, 2"]
+    data = comparison.to_dict()
+    assert data["not_compared"] == ["0", "2"] and data["notes"] == comparison.notes()
+
+    with pytest.warns(NoLossTermWarning) as caught:
+        loss = build_entropy_loss(
+            model, lambda_dense=1.0, lambda_conv=0.0, example_input=torch.randn(1, 16)
+        )
+    assert [str(w.message) for w in caught] == [
+        f"the entropy loss gives layers '0', '2' no term: {NO_GROUP}"
+    ]
+    assert caught[0].filename == __file__  # points at the caller of build_entropy_loss
+    assert [x.name for x in loss.layers] == ["4"]
