@@ -432,8 +432,7 @@ def _print_profile(result: Profile, *, all_layers: bool) -> None:
     rows = len(result.layers) - folded
     and_folded = f" + {folded} BatchNorms folded into them" if folded else ""
     console.print(
-        f"{rows} layers{and_folded} ({summary}); "
-        f"total ΔH = {_fmt(result.total_delta_h(), 1)} nats"
+        f"{rows} layers{and_folded} ({summary}); total ΔH = {_fmt(result.total_delta_h(), 1)} nats"
     )
 
 

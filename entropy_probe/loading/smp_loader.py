@@ -87,7 +87,10 @@ class SmpLoader(Loader):
         if state is not None:
             load_into(model, state, f"smp:{ident}", strict=options.strict)
         else:
-            notes.append("no --weights given: RANDOM initial weights (an untrained network; seed 0, the same every run)")
+            notes.append(
+                "no --weights given: RANDOM initial weights (an untrained network; seed 0, the "
+                "same every run)"
+            )
         in_ch = int(kwargs.get("in_channels", 3))
         return LoadedModel(
             source=f"smp:{ident}",

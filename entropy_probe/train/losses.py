@@ -229,13 +229,15 @@ class EntropyLoss:
             )
 
     def _group_params(self, group: LayerGroup) -> list[Tensor]:
-        """The live weights (and folded BatchNorm γ) the ``group`` term depends on."""
+        """The live parameters the ``group`` term can depend on: each layer's and its folded
+        BatchNorm's own (``weight`` may be computed from others, e.g. a plugin's scale·W, so
+        the parameters themselves are what gradients must reach)."""
         out: list[Tensor] = []
         for item in self._targeted.get(group, []):
             for name in (item.layer.name, item.layer.batchnorm):
-                tensor = getattr(self._modules.get(name or ""), "weight", None)
-                if isinstance(tensor, Tensor):
-                    out.append(tensor)
+                module = self._modules.get(name or "")
+                if module is not None:
+                    out.extend(module.parameters(recurse=False))
         return out
 
     def terms(self, model: nn.Module) -> dict[LayerGroup, Tensor]:

@@ -717,13 +717,6 @@ def x12() -> torch.Tensor:
 
 
 @pytest.mark.usefixtures("scaled_plugin")
-@pytest.mark.xfail(
-    strict=True,
-    reason="losses.py: EntropyLoss._group_params differentiates with respect to "
-    "module.weight, which for a property weight (s·W, parametrize) is a fresh tensor outside "
-    "the term's graph, so amortise='reuse' (the default) replays no gradient to s and W; it "
-    "should take the module's own parameters",
-)
 def test_reuse_replays_the_gradient_to_the_parameters_behind_a_property_weight() -> None:
     model = _scaled_mlp()
     loss = build_entropy_loss(

@@ -195,7 +195,7 @@ def test_compared_with_the_dense_band_and_given_the_dense_loss_term() -> None:
     ]
     assert comparison.not_compared == () and comparison.notes() == []
 
-    # amortise="scale": the gradient goes straight through s·W to weight_unscaled and scale
+    # the default amortise="reuse": the replayed gradient reaches weight_unscaled and scale
     loss = build_entropy_loss(
         net,
         lambda_dense=1.0,
@@ -203,7 +203,6 @@ def test_compared_with_the_dense_band_and_given_the_dense_loss_term() -> None:
         quantity="delta_h_per_dim",  # the quantity that depends on the gain s too
         example_input=torch.randn(1, 16),
         every=1,
-        amortise="scale",
     )
     assert [layer.name for layer in loss.layers] == ["0", "2", "4"]
     expected = {x.name: layer_value(x, Quantity.DELTA_H_PER_DIM) for x in profile.layers}
