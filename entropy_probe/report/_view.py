@@ -18,6 +18,7 @@ from entropy_probe.patterns.pattern import (
     Quantity,
     layer_group,
     layer_value,
+    no_group_reason,
 )
 from entropy_probe.report.svg import Datum, Plot, SeriesSpec, build_plot
 
@@ -177,13 +178,11 @@ def fmt_shape(shape: Sequence[int] | None) -> str:
 
 
 def _family(kind: str) -> str:
-    if kind == LayerKind.LINEAR:
-        return "dense"
-    if kind.startswith("conv"):
-        return "conv"
+    """The table's filter family: the layer group its rule declares (a plugin kind too)."""
     if kind == LayerKind.BATCHNORM:
         return "norm"
-    return "other"
+    group = layer_group(kind)
+    return str(group) if group is not None else "other"
 
 
 def _field(obj: Any, key: str) -> Any:
@@ -292,7 +291,7 @@ def _not_compared_reason(layer: LayerEntropy | None, quantity: str) -> str:
             return "a single singular value: its shape is 0 whatever the weights"
         return f"no finite {q}"
     group = layer_group(layer.kind)
-    return f"the reference band has no {group} layers" if group else "no band for its kind"
+    return f"the reference band has no {group} layers" if group else no_group_reason(layer.kind)
 
 
 def _band_points(
