@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import scaled_dense_plugin
 import torch
+from scaled_dense_plugin import ScaledDense, UngroupedDense, plugin_mlp
 from torch import nn
 
 from entropy_probe import plugins
@@ -598,54 +600,10 @@ def test_cli_names_the_way_out_of_a_broken_plugin(monkeypatch: pytest.MonkeyPatc
 # --------------------------------------------------------------------------- layer groups
 
 
-class ScaledDense(nn.Module):
-    """y = s·(x Wᵀ); its map is the property ``weight`` = s·W (as in the example plugin)."""
-
-    def __init__(self, n_in: int, n_out: int, scale: float = 1.0) -> None:
-        super().__init__()
-        self.weight_unscaled = nn.Parameter(torch.randn(n_out, n_in) / n_in**0.5)
-        self.scale = nn.Parameter(torch.tensor(scale))
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.scale * self.weight_unscaled
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale * (x @ self.weight_unscaled.T)
-
-
-class UngroupedDense(ScaledDense):
-    pass
-
-
-class ScaledDenseRule(DenseRule):
-    kind = "scaled_dense"
-    group = "dense"  # compared with the dense band, given the dense loss term
-
-
-class UngroupedDenseRule(DenseRule):
-    kind = "ungrouped_dense"
-    group = None  # analysed, but neither compared nor given a loss term
-
-
 def grouping_plugin() -> types.ModuleType:
     module = types.ModuleType("fake_grouping_plugin")
-
-    def register(registrar: PluginRegistrar) -> None:
-        registrar.add_rule(ScaledDenseRule())
-        registrar.add_rule(UngroupedDenseRule())
-        registrar.add_module_kind(ScaledDense, "scaled_dense")
-        registrar.add_module_kind(UngroupedDense, "ungrouped_dense")
-
-    module.register = register  # type: ignore[attr-defined]
+    module.register = scaled_dense_plugin.register  # type: ignore[attr-defined]
     return module
-
-
-def plugin_mlp(layer: type[ScaledDense]) -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        layer(16, 16, 2.0), nn.ReLU(), layer(16, 16, 0.5), nn.ReLU(), nn.Linear(16, 4)
-    ).eval()
 
 
 NO_GROUP = (

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from scaled_dense_plugin import ScaledDense, UngroupedDense, plugin_mlp, register
 from torch import nn
 
 from entropy_probe.default_model import load_default_model
@@ -602,55 +603,19 @@ def test_relative_excess_terms_leave_out_layers_where_it_is_not_defined() -> Non
 # -- plugin layers: the group their rule declares ----------------------------------------------
 
 
-class _Scaled(nn.Module):
-    """y = s·(x Wᵀ); its map is the property ``weight`` = s·W (as the example plugin's)."""
-
-    def __init__(self, n_in: int, n_out: int, scale: float) -> None:
-        super().__init__()
-        self.weight_unscaled = nn.Parameter(torch.randn(n_out, n_in) / n_in**0.5)
-        self.scale = nn.Parameter(torch.tensor(scale))
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.scale * self.weight_unscaled
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale * (x @ self.weight_unscaled.T)
-
-
-class _Unscaled(_Scaled):
-    pass
-
-
 @pytest.fixture
 def scaled_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The built-ins plus a plugin rule for _Scaled (group dense) and one for _Unscaled (no
-    group), as the process-wide registry."""
+    """The built-ins plus the ``scaled_dense`` (group dense) and ``ungrouped_dense`` (no group)
+    plugin rules of tests/scaled_dense_plugin.py, as the process-wide registry."""
     from entropy_probe import plugins
-    from entropy_probe.entropy.rules import DenseRule
-
-    class Grouped(DenseRule):
-        kind = "scaled"
-        group = "dense"
-
-    class Ungrouped(DenseRule):
-        kind = "unscaled"
-        group = None
 
     registry = plugins.build_registry(autoload=False)
-    registrar = plugins.PluginRegistrar(registry, "scaled")
-    registrar.add_rule(Grouped())
-    registrar.add_rule(Ungrouped())
-    registrar.add_module_kind(_Scaled, "scaled")
-    registrar.add_module_kind(_Unscaled, "unscaled")
+    register(plugins.PluginRegistrar(registry, "scaled"))
     monkeypatch.setattr(plugins, "_registry", registry)
 
 
-def _scaled_mlp(layer: type[_Scaled] = _Scaled) -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        layer(12, 16, 2.0), nn.ReLU(), layer(16, 16, 0.5), nn.ReLU(), nn.Linear(16, 5)
-    ).eval()
+def _scaled_mlp(layer: type[ScaledDense] = ScaledDense) -> nn.Module:
+    return plugin_mlp(layer, n_in=12, n_out=5)
 
 
 @pytest.mark.usefixtures("scaled_plugin")
@@ -692,11 +657,11 @@ def test_plugin_layers_of_the_dense_group_get_dense_terms(quantity: str) -> None
 def test_plugin_layers_of_no_group_get_no_term_and_a_warning() -> None:
     from entropy_probe.train._loss_layers import NoLossTermWarning
 
-    model = _scaled_mlp(_Unscaled)
+    model = _scaled_mlp(UngroupedDense)
     with pytest.warns(
         NoLossTermWarning,
-        match=r"the entropy loss gives layers '0', '2' no term: kind 'unscaled' belongs to no "
-        r"layer group: its rule declares none \(LayerRule\.group, plugin 'scaled'\)",
+        match=r"the entropy loss gives layers '0', '2' no term: kind 'ungrouped_dense' belongs "
+        r"to no layer group: its rule declares none \(LayerRule\.group, plugin 'scaled'\)",
     ):
         loss = build_entropy_loss(
             model, lambda_dense=1.0, lambda_conv=0.0, reference=flat(-0.1), example_input=x12()
@@ -704,7 +669,7 @@ def test_plugin_layers_of_no_group_get_no_term_and_a_warning() -> None:
     assert [x.name for x in loss.layers] == ["4"]
     with pytest.warns(NoLossTermWarning), pytest.raises(UnsupportedLayerError):
         build_entropy_loss(
-            nn.Sequential(_Unscaled(12, 12, 1.0)),
+            nn.Sequential(UngroupedDense(12, 12, 1.0)),
             lambda_dense=1.0,
             lambda_conv=0.0,
             reference=flat(-0.1),
