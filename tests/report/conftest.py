@@ -1,4 +1,5 @@
-"""Fixtures of the report tests: the built-in plugin only, and the real default profile."""
+"""Fixtures of the report tests: the built-in plugin only, the real default profile and a
+random-init resnet's report."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import pytest
 
 from entropy_probe.entropy.profile import Profile
 from entropy_probe.plugins import DISABLE_ENV, reset_registry
+
+from ._html import Node, parse
 
 
 @pytest.fixture(autouse=True)
@@ -24,3 +27,35 @@ def default_profile() -> Profile:
             return profile("default", method="both", device="cpu")
         finally:
             reset_registry()
+
+
+@pytest.fixture(scope="session")
+def random_resnet_report(tmp_path_factory: pytest.TempPathFactory) -> Node:
+    """``entropy-probe report timm:test_resnet --method paper`` at random init (seed 0), parsed:
+    its zero-γ BatchNorms make 4 convolutions singular after folding."""
+    from click.testing import CliRunner
+
+    from entropy_probe.cli import main
+
+    target = tmp_path_factory.mktemp("report") / "r.html"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(DISABLE_ENV, "1")
+        reset_registry()
+        try:
+            result = CliRunner().invoke(
+                main,
+                [
+                    "report",
+                    "timm:test_resnet",
+                    "--method",
+                    "paper",
+                    "--device",
+                    "cpu",
+                    "-o",
+                    str(target),
+                ],
+            )
+        finally:
+            reset_registry()
+    assert result.exit_code == 0, result.output
+    return parse(target.read_text(encoding="utf-8"))

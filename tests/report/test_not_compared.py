@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any
 
-from click.testing import CliRunner
-
-from entropy_probe.cli import main
 from entropy_probe.entropy.profile import LayerEntropy, Profile
 from entropy_probe.enums import Status
 from entropy_probe.patterns.select import compare_with
@@ -34,17 +30,13 @@ def _deviation_cell(tree: Node, row_id: str) -> Node:
     return cells[headers.index("Deviation")]
 
 
-def test_random_init_resnet_lists_its_singular_layers_as_not_compared(tmp_path: Path) -> None:
+def test_random_init_resnet_lists_its_singular_layers_as_not_compared(
+    random_resnet_report: Node,
+) -> None:
     """timm zero-initialises each residual block's last BatchNorm γ: after folding, those
     convolutions are singular and the comparison leaves them out. The report said "12 of 12
     compared layers" and never named them."""
-    target = tmp_path / "r.html"
-    result = CliRunner().invoke(
-        main,
-        ["report", "timm:test_resnet", "--method", "paper", "--device", "cpu", "-o", str(target)],
-    )
-    assert result.exit_code == 0, result.output
-    tree = parse(target.read_text(encoding="utf-8"))
+    tree = random_resnet_report
     expected = ["layer1.0.conv2", "layer2.0.conv2", "layer3.0.conv3", "layer4.0.conv2"]
 
     comparison = _data(tree)["comparison"]

@@ -80,16 +80,10 @@ def test_a_folded_batchnorm_is_counted_in_its_layer_not_again() -> None:
     assert tree.by_id("layer-1").attrs["data-status"] == "folded"
 
 
-def test_random_init_resnet_counts_maps(tmp_path: Path) -> None:
+def test_random_init_resnet_counts_maps(random_resnet_report: Node) -> None:
     """timm:test_resnet at random init: 4 convolutions singular after folding a γ = 0
     BatchNorm; the report said 8 singular layers and counted 31 layers."""
-    target = tmp_path / "r.html"
-    result = CliRunner().invoke(
-        main,
-        ["report", "timm:test_resnet", "--method", "paper", "--device", "cpu", "-o", str(target)],
-    )
-    assert result.exit_code == 0, result.output
-    tree = parse(target.read_text(encoding="utf-8"))
+    tree = random_resnet_report
     rows = tree.by_id("layer-table").find_all("tr")[1:]
     folded = [r for r in rows if r.attrs["data-status"] == "folded"]
     assert len(rows) == 31 and len(folded) == 15
