@@ -29,10 +29,18 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 def export(
-    net: nn.Module, example: torch.Tensor, path: Path, *, dynamic_batch: bool = True
+    net: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    *,
+    dynamic_batch: bool = True,
+    dynamic: dict[int, str] | None = None,
 ) -> Path:
+    """``net`` as ONNX (input ``x``, output ``y``): a dynamic batch unless ``dynamic_batch`` is
+    False, and the per-sample axes named in ``dynamic`` left dynamic too."""
     net.eval()
-    kwargs = {"dynamic_axes": {"x": {0: "batch"}}} if dynamic_batch else {}
+    axes = ({0: "batch"} if dynamic_batch else {}) | (dynamic or {})
+    kwargs = {"dynamic_axes": {"x": axes}} if axes else {}
     torch.onnx.export(
         net,
         (example,),
@@ -217,16 +225,7 @@ def test_matmul_on_tokens(tmp_path: Path) -> None:
 
 def test_symbolic_input_needs_input_shape(tmp_path: Path) -> None:
     net = nn.Sequential(nn.Conv2d(3, 4, 3))
-    path = tmp_path / "dyn.onnx"
-    torch.onnx.export(
-        net.eval(),
-        (torch.randn(1, 3, 10, 10),),
-        str(path),
-        dynamo=False,
-        opset_version=17,
-        input_names=["x"],
-        dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}},
-    )
+    path = export(net, torch.randn(1, 3, 10, 10), tmp_path / "dyn.onnx", dynamic={2: "h", 3: "w"})
     loaded = OnnxLoader().load(str(path), LoadOptions())
     assert loaded.input_shape is None
     assert any("--input-shape" in note for note in loaded.notes)
@@ -255,15 +254,8 @@ def test_input_shape_must_fit_fixed_dims_and_layer_widths(tmp_path: Path) -> Non
     with pytest.raises(ShapeError, match="fixed dim 1 to 1"):
         OnnxLoader().load(str(fixed), LoadOptions(input_shape=(3, 28, 28)))
     assert OnnxLoader().load(str(fixed), LoadOptions(input_shape=(1, 28, 28))).input_shape
-    dynamic = tmp_path / "dynamic.onnx"
-    torch.onnx.export(
-        net.eval(),
-        (torch.randn(1, 1, 28, 28),),
-        str(dynamic),
-        dynamo=False,
-        opset_version=17,
-        input_names=["x"],
-        dynamic_axes={"x": {0: "b", 1: "c", 2: "h", 3: "w"}},
+    dynamic = export(
+        net, torch.randn(1, 1, 28, 28), tmp_path / "dynamic.onnx", dynamic={1: "c", 2: "h", 3: "w"}
     )
     model, _shape = load(dynamic, (1, 56, 56))
     with pytest.raises(ShapeError, match=r"takes 3136 input features but would get 12544"):
