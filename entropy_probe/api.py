@@ -5,9 +5,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +19,7 @@ from entropy_probe.entropy.profile import (
     with_empirical,
 )
 from entropy_probe.enums import ConvMethod
-from entropy_probe.errors import ArgumentError, ShapeError, SourceError, unknown_name
+from entropy_probe.errors import ArgumentError, ShapeError, SourceError, enum_member
 from entropy_probe.loading import DEFAULT_SOURCE, LoadedModel, LoadOptions, load_model
 from entropy_probe.loading._base import check_module, input_shape_from
 from entropy_probe.plugins import get_registry
@@ -68,7 +66,7 @@ def profile_loaded(
             f"profile_loaded expects a LoadedModel (from load_model), got "
             f"{type(loaded).__name__}; for a source string, a path or an nn.Module use profile()"
         )
-    method = _choice(ConvMethod, method, "method")
+    method = enum_member(ConvMethod, method, "method")
     _check_data_arg(data)
     if loaded.module is not None:
         check_module(loaded.module, loaded.source)
@@ -239,16 +237,6 @@ def profile(
         progress=progress,
         example_input=example_input,
     )
-
-
-def _choice(enum: type[StrEnum], value: object, what: str) -> Any:
-    """``value`` as a member of ``enum``, or an ArgumentError listing the members."""
-    try:
-        if not isinstance(value, str):
-            raise ValueError(value)
-        return enum(value)
-    except ValueError:
-        raise unknown_name(what, value, [m.value for m in enum], listing="valid") from None
 
 
 def _check_data_arg(data: object) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Sequence
+from enum import Enum
+from typing import Any
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -77,3 +79,12 @@ def unknown_name(
     hint = f"; did you mean {close[0]!r}?" if close else ""
     names = ", ".join(valid) or "none"
     return UnknownNameError(f"unknown {what} {name!r}{hint} ({listing}: {names})")
+
+
+def enum_member(enum: type[Enum], value: object, what: str) -> Any:
+    """``value`` as a member of the string-valued enum ``enum``, or the :func:`unknown_name` error
+    naming ``what`` and listing the members."""
+    valid = [str(member.value) for member in enum]
+    if isinstance(value, str) and value in valid:
+        return enum(value)
+    raise unknown_name(what, value, valid)

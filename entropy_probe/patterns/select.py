@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from entropy_probe.entropy.profile import Profile
-from entropy_probe.errors import ArgumentError, UnknownNameError, unknown_name
+from entropy_probe.errors import ArgumentError, UnknownNameError, enum_member, unknown_name
 from entropy_probe.patterns.compare import Comparison, FamilyBand, compare_profile, family_band
 from entropy_probe.patterns.pattern import (
     DEFAULT_QUANTITY,
@@ -160,10 +160,7 @@ def compare_with(
             f"compare_with expects a Profile (from entropy_probe.profile), got "
             f"{type(profile).__name__}"
         )
-    try:
-        quantity = Quantity(quantity)
-    except ValueError:
-        raise unknown_name("quantity", quantity, [q.value for q in Quantity]) from None
+    quantity = enum_member(Quantity, quantity, "quantity")
     band, picked = resolve_band(
         AUTO if reference is None else reference,
         profile,
