@@ -76,14 +76,16 @@ def refuse_overwriting_inputs(
             in_stat = Path(given).stat()
         except OSError:
             continue
+        what = f"the {label} file itself"
         same = (in_stat.st_dev, in_stat.st_ino) == (out_stat.st_dev, out_stat.st_ino)
         if stat.S_ISDIR(in_stat.st_mode):
+            what = f"a weights or config file of the {label} folder"
             resolved = Path(os.path.realpath(output))
             same = resolved.parent == Path(os.path.realpath(given)) and (
                 resolved.suffix.lower() in _MODEL_SUFFIXES or resolved.name == "config.json"
             )
         if same:
             raise EntropyProbeError(
-                f"{option} {output} is the {label} file itself: writing it would destroy the "
-                "input; choose another output path"
+                f"{option} {output} is {what}: writing it would destroy the input; choose "
+                "another output path"
             )

@@ -222,6 +222,24 @@ def test_an_output_that_is_an_input_is_refused(tmp_path: Path, flag: str, which:
     assert {p: p.read_bytes() for p in (weights, data)} == before
 
 
+@pytest.mark.parametrize("name", ["model.safetensors", "config.json"])
+def test_an_output_onto_a_source_folders_weights_or_config_is_refused(
+    tmp_path: Path, name: str
+) -> None:
+    import timm
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    model = timm.create_model("test_resnet", pretrained=False)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text('{"architecture": "test_resnet"}', encoding="utf-8")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    result = run("report", folder, "-o", folder / name, "--device", "cpu")
+    assert_refused(result, r"is a weights or config file of the SOURCE folder")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
 @pytest.mark.parametrize(("command", "flag"), [("profile", "--json"), ("report", "-o")])
 def test_an_empty_output_path_is_refused(tmp_path: Path, command: str, flag: str) -> None:
     """``--json ''`` used to write nothing and exit 0."""
