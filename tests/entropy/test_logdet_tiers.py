@@ -1,5 +1,5 @@
-"""The tiers of ``sum_log_singular_values``: Cholesky of the Gram (trusted by a condition
-estimate or, near the rank threshold, by the Gram's eigenvalues), QR, SVD.
+"""The tiers of ``sum_log_singular_values``: short rows (deficient outright), Cholesky of the
+Gram (trusted by a condition estimate or, near the rank threshold, by inertia tests), QR, SVD.
 
 Each tier is checked against matrices with known singular values (random orthogonal factors
 around a chosen diagonal, so Σ log σ is exact by construction), and the tests assert which
@@ -15,6 +15,7 @@ import torch
 
 from entropy_probe.entropy import functional as F
 from entropy_probe.entropy import logdet as L
+from entropy_probe.errors import ShapeError
 
 from .test_functional import randn, with_singular_values
 
@@ -127,19 +128,75 @@ def test_random_square_float32_layers_get_the_svd_verdict(monkeypatch: pytest.Mo
     torch.testing.assert_close(got[finite], expected[finite], rtol=1e-10, atol=1e-8)
 
 
-def test_eigenvalue_verdict_is_not_tried_where_rounding_hides_the_threshold(
+def test_inertia_verdict_is_not_tried_where_rounding_hides_the_threshold(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # float64 tolerance (~2e-15 relative) lies far under the Gram's rounding: only the QR can
-    # settle an ill-conditioned matrix there, so no eigensolver time is spent on it.
+    # settle an ill-conditioned matrix there, so no inertia tests are spent on it.
     sv = [1.0, 1e-4, 1e-9]
     A = with_singular_values(sv, 3, 3, seed=13)
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("eigvalsh was called")
-
-    monkeypatch.setattr(torch.linalg, "eigvalsh", refuse)
+    _forbid(monkeypatch, "_inertia_verdict")
     assert float(F.sum_log_singular_values(A)) == pytest.approx(sum(map(math.log, sv)), abs=1e-6)
+
+
+@pytest.mark.parametrize("k", [40, 200])
+def test_inertia_verdicts_are_never_wrong_and_settle_all_but_the_bracket(k: int) -> None:
+    # Gram matrices with λ_min = factor·tol²·λ_max (float32 tolerance): a verdict is only ever
+    # the true one, and outside the λ_max bracket (θ to θ·(1 + 1/32)) every one is settled.
+    tol = L.rank_tolerance(torch.float32, k, k)
+    factors = [0.25, 0.5, 0.9, 0.99, 1.01, 1.1, 1.5, 2.0, 8.0]
+    grams = []
+    for i, factor in enumerate(factors):
+        sv = torch.logspace(0, -1, k, dtype=F64)
+        sv[-1] = math.sqrt(factor) * tol
+        A = with_singular_values(sv.tolist(), k, k, seed=40 + i)
+        grams.append(A @ A.T)
+    gram = torch.stack(grams)
+    frob_sq = torch.diagonal(gram, dim1=-2, dim2=-1).sum(-1)
+    rounding = L._ROUNDING_MARGIN * 2 * k * L._EPS64 * frob_sq
+    verdict = L._inertia_verdict(gram, tol, rounding, torch.zeros(len(factors), dtype=F64))
+    for i, factor in enumerate(factors):
+        assert not (verdict.deficient[i] and verdict.accepted[i])
+        if factor < 1:
+            assert not verdict.accepted[i], factor
+        else:
+            assert not verdict.deficient[i], factor
+        if factor <= 0.5:
+            assert verdict.deficient[i], factor
+        if factor >= 1.5:
+            assert verdict.accepted[i], factor
+    # where a verdict is still needed, σ_max comes back bounded from above (true value 1)
+    rest = ~verdict.deficient
+    assert bool((verdict.sigma_max[rest] >= 1.0).all())
+    assert bool((verdict.sigma_max[rest] <= 1.3).all())
+
+
+def test_a_short_row_is_deficient_before_any_gram(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A zero row (a folded BatchNorm with γ = 0) proves rank deficiency; no Gram is formed
+    # for it, the healthy member of the batch still gets its exact value and gradient.
+    healthy = with_singular_values([2.0, 1.0, 0.5], 3, 5, seed=30)
+    zero_row = healthy.clone()
+    zero_row[1] = 0.0
+    grams: list[int] = []
+    row_gram = L._row_gram
+
+    def spy(rows: torch.Tensor) -> torch.Tensor:
+        grams.append(rows.shape[0])
+        return row_gram(rows)
+
+    monkeypatch.setattr(L, "_row_gram", spy)
+    A = torch.stack([zero_row, healthy]).requires_grad_(True)
+    out = F.sum_log_singular_values(A)
+    assert out[0] == -math.inf
+    assert float(out[1].detach()) == pytest.approx(math.log(2.0 * 1.0 * 0.5), abs=1e-12)
+    assert grams == [1]
+    (grad,) = torch.autograd.grad(out[1], A)
+    assert bool((grad[0] == 0).all())
+    torch.testing.assert_close(grad[1], torch.linalg.pinv(healthy).T)
+    _forbid(monkeypatch, "_row_gram")
+    assert bool(torch.isinf(F.sum_log_singular_values(zero_row[None])).all())
+    with pytest.raises(ShapeError, match="not numerically full rank"):
+        F.sum_log_singular_values(zero_row, "cholesky")
 
 
 def kahan(k: int, theta: float) -> torch.Tensor:
