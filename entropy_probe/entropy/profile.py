@@ -215,9 +215,12 @@ def _evaluate_terms(
 def _stacked_precise(pieces: Sequence[Tensor], device: torch.device) -> Tensor:
     """``pieces`` (batches of equal-shape matrices, any dtype, strided views allowed)
     concatenated as one contiguous float64 (complex128) batch on ``device``: one copy per
-    piece that converts dtype and layout at once (cat, then a conversion, was two passes)."""
+    piece that converts dtype and layout at once (cat, then a conversion, was two passes),
+    none for a lone piece that already is one."""
     first = pieces[0]
     dtype = torch.complex128 if first.is_complex() else torch.float64
+    if len(pieces) == 1 and first.dtype == dtype and first.device == device:
+        return first.contiguous()  # e.g. a BatchNorm-folded piece: already float64, no copy
     out = torch.empty(
         (sum(p.shape[0] for p in pieces), *first.shape[1:]), dtype=dtype, device=device
     )
@@ -285,20 +288,26 @@ def compute_profile(
             continue
         pending[index] = _Pending(record, rule, weight, terms, raw_terms, scale)
 
-    items = [(p.terms, 2 * i, _stored_dtype(p.record)) for i, p in pending.items()]
-    values = _evaluate_terms(items, dev)
     # The unfolded value: exact from the folded one when the BatchNorm scales the smaller side
-    # of every matrix (det(S·G·S) = det(S)²·det(G) for the smaller Gram G); otherwise, or when
-    # the folded map is singular, decomposed directly in a second batched call.
+    # of every matrix (det(S·G·S) = det(S)²·det(G) for the smaller Gram G). Where it scales the
+    # larger side the unfolded matrices are decomposed too, batched with the folded ones of the
+    # same shape; where the folded map turns out singular, in a second batched call.
+    items = [(p.terms, 2 * i, _stored_dtype(p.record)) for i, p in pending.items()]
+    items += [
+        (p.raw_terms, 2 * i + 1, _stored_dtype(p.record))
+        for i, p in pending.items()
+        if p.raw_terms is not None and not _raw_derivable(p)
+    ]
+    values = _evaluate_terms(items, dev)
     raw_direct = []
     for i, p in pending.items():
-        if p.raw_terms is None:
+        if p.raw_terms is None or 2 * i + 1 in values:
             continue
-        derived = _derived_raw(p, values[2 * i][0])
-        if derived is None:
-            raw_direct.append((p.raw_terms, 2 * i + 1, _stored_dtype(p.record)))
+        folded_sum_log = values[2 * i][0]
+        if math.isfinite(folded_sum_log):
+            values[2 * i + 1] = (folded_sum_log - _log_abs_det_scale(p), math.nan)
         else:
-            values[2 * i + 1] = (derived, math.nan)
+            raw_direct.append((p.raw_terms, 2 * i + 1, _stored_dtype(p.record)))
     values.update(_evaluate_terms(raw_direct, dev))
 
     for index, p in pending.items():
@@ -365,17 +374,20 @@ def compute_profile(
     )
 
 
-def _derived_raw(p: _Pending, folded_sum_log: float) -> float | None:
-    """Σ log σ of the unfolded matrices from the folded value, or None where not exact."""
+def _raw_derivable(p: _Pending) -> bool:
+    """Whether the unfolded Σ log σ follows from the folded one: the BatchNorm scales the
+    smaller side of every matrix and no scale is zero (then Σ log σ gains Σ log|scale|)."""
     mats, scale = (p.raw_terms.matrices if p.raw_terms else None), p.fold_scale
-    if mats is None or scale is None or not math.isfinite(folded_sum_log):
-        return None
+    if mats is None or scale is None:
+        return False
     m, n = mats.shape[-2], mats.shape[-1]
     scaled_side_is_smaller = n <= m if p.rule.transposed else m <= n
-    log_scale = torch.log(scale.abs())
-    if not scaled_side_is_smaller or not bool(log_scale.isfinite().all()):
-        return None
-    return folded_sum_log - float(log_scale.sum())
+    return scaled_side_is_smaller and bool(torch.log(scale.abs()).isfinite().all())
+
+
+def _log_abs_det_scale(p: _Pending) -> float:
+    assert p.fold_scale is not None  # only called where _raw_derivable held
+    return float(torch.log(p.fold_scale.abs()).sum())
 
 
 def _positions(rule: LayerRule, record: LayerRecord) -> int | None:

@@ -278,6 +278,36 @@ def test_rank_deficient_weight_is_singular(registry: PluginRegistry) -> None:
     assert layer.delta_h == -math.inf
 
 
+@pytest.mark.parametrize(
+    ("c_in", "c_out", "zero_gamma"),
+    [(3, 8, False), (3, 8, True), (8, 3, False), (8, 3, True), (5, 5, True)],
+    ids=["tall", "tall-zero-gamma", "wide", "wide-zero-gamma", "square-zero-gamma"],
+)
+def test_raw_value_beside_the_folded_one(
+    registry: PluginRegistry, c_in: int, c_out: int, zero_gamma: bool
+) -> None:
+    # The unfolded value is derived from the folded one where the BatchNorm scales the smaller
+    # side (wide), decomposed in the same batch where it scales the larger (tall), and in a
+    # second batch where the folded map is singular (a γ = 0 channel): each equals the direct
+    # value of the unfolded weight.
+    torch.manual_seed(c_in * 10 + c_out)
+    model = nn.Sequential(nn.Conv2d(c_in, c_out, 1), nn.BatchNorm2d(c_out)).eval()
+    _randomise_bn(model[1], 3)
+    if zero_gamma:
+        with torch.no_grad():
+            model[1].weight[1] = 0.0
+    conv = run(model, registry, (c_in, 4, 4)).layers[0]
+    weight = model[0].weight.detach()
+    raw = 16 * F.conv_paper_log_volume(weight).item()
+    assert conv.delta_h_raw == pytest.approx(raw, rel=1e-10)
+    folded = F.fold_batchnorm_into_weight(weight, F.batchnorm_scale(*bn_params(model[1])))
+    expected = 16 * F.conv_paper_log_volume(folded).item()
+    if zero_gamma and c_out <= c_in:  # a zero output row: rank deficient
+        assert conv.status is Status.SINGULAR and conv.delta_h == -math.inf
+    else:
+        assert conv.delta_h == pytest.approx(expected, rel=1e-10)
+
+
 def test_non_finite_values_become_null(singular_profile: Profile) -> None:
     data = singular_profile.to_dict()
     zero = data["layers"][0]
