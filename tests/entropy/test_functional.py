@@ -14,6 +14,7 @@ Six levels:
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -22,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
+from entropy_probe.entropy import functional
 from entropy_probe.entropy.functional import (
     batchnorm_log_volume,
     batchnorm_scale,
@@ -483,6 +485,42 @@ class TestAgainstOracle:
         paper = paper_conv_delta_h(w, (n,) * nd, groups)
         torch.testing.assert_close(spectral, paper, rtol=1e-9, atol=1e-9)
         assert_log_volume_close(spectral, oracle.circular_conv_matrix(w, grid, stride, 1, groups))
+
+    @pytest.mark.parametrize(
+        ("shape", "grid", "dilation"),
+        [((4, 3, 3, 3), (6, 5), 1), ((2, 2, 5), (3,), 2), ((3, 2, 2, 2, 2), (3, 4, 2), 1)],
+    )
+    def test_tap_dft_equals_a_zero_padded_fft(
+        self, shape: tuple, grid: tuple, dilation: int
+    ) -> None:
+        # Stride 1: K̂(ω) is the real FFT of the kernel scattered onto the grid (taps beyond
+        # it wrap). The matrices built from the kernel's taps alone match it, frequency by
+        # frequency, in rfftn's layout.
+        w = randn(*shape, seed=5)
+        nd = len(grid)
+        padded = torch.zeros(*shape[:2], *grid, dtype=F64)
+        for tap in itertools.product(*(range(k) for k in shape[2:])):
+            where = tuple((a * dilation) % n for a, n in zip(tap, grid, strict=True))
+            padded[(slice(None), slice(None), *where)] += w[(slice(None), slice(None), *tap)]
+        fft = torch.fft.rfftn(padded, dim=tuple(range(2, 2 + nd)))
+        expected = fft.reshape(*shape[:2], -1).permute(2, 0, 1)
+        mats, _ = conv_spectral_matrices(w, grid, 1, dilation)
+        torch.testing.assert_close(mats[:, 0], expected, rtol=0, atol=1e-12)
+
+    def test_strided_one_by_one_widening_is_singular_without_building_matrices(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Stride 2 keeps one pixel in four: 8 outputs per kept pixel from 3 inputs cannot be
+        # full rank. Decided from the shapes, before any (large) frequency matrix exists.
+        def refuse(*args: object, **kwargs: object) -> None:
+            raise AssertionError("the frequency matrices were built")
+
+        monkeypatch.setattr(functional, "conv_spectral_matrices", refuse)
+        w = randn(8, 3, 1, 1, seed=6)
+        assert float(conv_spectral_log_volume(w, (4, 4), 2)) == -math.inf
+        narrowing = randn(3, 8, 1, 1, seed=7)
+        expected = 4 * torch.linalg.svdvals(narrowing[:, :, 0, 0]).log().sum()
+        torch.testing.assert_close(conv_spectral_log_volume(narrowing, (4, 4), 2), expected)
 
     def test_circular_padding_layer(self) -> None:
         # What a user runs: nn.Conv2d(padding_mode="circular") with "same" padding, stride 1.
