@@ -274,7 +274,14 @@ def conv_spectral_log_volume(
     if all(k == 1 for k in weight.shape[2:]):
         # one tap: K̂(ω) is that tap's matrix at every frequency (on the phase it reaches)
         return math.prod(n_out) * conv_paper_log_volume(weight, groups)
-    mats, mult = conv_spectral_matrices(weight, grid, stride, dilation, groups)
+    dilations = _per_dim(dilation, nd, "dilation")
+    if all((k - 1) * d < s for k, d, s in zip(weight.shape[2:], dilations, strides, strict=True)):
+        # every tap on its own phase with no shift (a patch embedding: kernel = stride):
+        # K̂(ω) = K̂(0) at every frequency, one matrix for the whole grid
+        mats, mult = conv_spectral_matrices(weight, strides, stride, dilation, groups)
+        mult = mult * math.prod(n_out)
+    else:
+        mats, mult = conv_spectral_matrices(weight, grid, stride, dilation, groups)
     if used is not None:
         mats = mats.index_select(-1, used.to(mats.device))
     total = torch.zeros((), dtype=torch.float64, device=weight.device)

@@ -5,7 +5,11 @@ Run on demand (not part of the test suite)::
     pip install weightwatcher
     python tests/bench/bench_profile.py --out bench_profile.json
 
-Both tools get the same in-memory timm model (random init: timing does not depend on training).
+Both tools get the same in-memory timm model at random init (no hub downloads). timm
+zero-initialises the last BatchNorm γ of every residual block, and a layer with γ = 0 folded in
+is rank deficient outright, which entropy_probe settles without decomposing it; a trained
+checkpoint has no such layers. ``--bn-like-trained`` redraws every BatchNorm's γ and running
+variance from U(0.5, 1) so that every layer is decomposed, as in a trained checkpoint.
 Times are wall-clock; entropy_probe's is the best of ``--repeat`` runs and includes the traced
 forward pass, WeightWatcher's is one run of ``analyze()`` with its defaults. Compare the ratio,
 not absolute seconds: the machines are shared.
@@ -26,18 +30,37 @@ import torch
 from _timing import best_of  # this folder is sys.path[0] when run as a script
 
 
-def bench_model(name: str, *, device: str, repeat: int, spectral: bool, ww: bool) -> dict[str, Any]:
+def redraw_batchnorms(model: torch.nn.Module, seed: int = 1) -> int:
+    """γ and running variance of every BatchNorm drawn from U(0.5, 1); returns how many."""
+    gen = torch.Generator().manual_seed(seed)
+    count = 0
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.affine:
+                module.weight.copy_(torch.rand(module.weight.shape, generator=gen) * 0.5 + 0.5)
+                var = module.running_var
+                if var is not None:
+                    var.copy_(torch.rand(var.shape, generator=gen) * 0.5 + 0.5)
+                count += 1
+    return count
+
+
+def bench_model(
+    name: str, *, device: str, repeat: int, spectral: bool, ww: bool, bn_like_trained: bool
+) -> dict[str, Any]:
     import timm
 
     from entropy_probe import LoadedModel, profile_loaded
 
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False).eval()
+    redrawn = redraw_batchnorms(model) if bn_like_trained else 0
     shape = tuple(model.pretrained_cfg["input_size"])
     loaded = LoadedModel(source=f"timm:{name}", format="timm", module=model, input_shape=shape)
     result = profile_loaded(loaded, method="paper", device=device)  # warm-up
     row: dict[str, Any] = {
         "model": name,
+        "batchnorms_redrawn": redrawn,
         "params": sum(p.numel() for p in model.parameters()),
         "analysed_layers": len(result.analysed),
         "device": result.device,
@@ -68,6 +91,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-spectral", action="store_true")
     parser.add_argument("--no-weightwatcher", action="store_true")
+    parser.add_argument(
+        "--bn-like-trained",
+        action="store_true",
+        help="redraw BatchNorm γ and variance from U(0.5, 1): no zero-γ layers, as when trained",
+    )
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
     rows = [
@@ -77,6 +105,7 @@ def main() -> None:
             repeat=args.repeat,
             spectral=not args.no_spectral,
             ww=not args.no_weightwatcher,
+            bn_like_trained=args.bn_like_trained,
         )
         for name in args.models
     ]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -521,6 +522,25 @@ class TestAgainstOracle:
         narrowing = randn(3, 8, 1, 1, seed=7)
         expected = 4 * torch.linalg.svdvals(narrowing[:, :, 0, 0]).log().sum()
         torch.testing.assert_close(conv_spectral_log_volume(narrowing, (4, 4), 2), expected)
+
+    def test_patch_embedding_builds_one_frequency_matrix(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # kernel = stride (ViT's patch embedding): no tap is shifted, K̂(ω) is the same matrix
+        # at every frequency, so one is built; the value is still the explicit operator's.
+        w = randn(6, 2, 2, 3, seed=8)
+        built: list[int] = []
+        matrices = functional.conv_spectral_matrices
+
+        def spy(*args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+            mats, mult = matrices(*args, **kwargs)
+            built.append(mats.shape[0])
+            return mats, mult
+
+        monkeypatch.setattr(functional, "conv_spectral_matrices", spy)
+        got = conv_spectral_log_volume(w, (6, 9), (2, 3))
+        assert built == [1]
+        assert_log_volume_close(got, oracle.circular_conv_matrix(w, (6, 9), (2, 3), 1, 1))
 
     def test_circular_padding_layer(self) -> None:
         # What a user runs: nn.Conv2d(padding_mode="circular") with "same" padding, stride 1.
