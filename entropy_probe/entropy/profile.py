@@ -185,50 +185,104 @@ def _evaluate_terms(
         else:
             assert terms.value is not None and terms.sq_norm is not None
             out[key] = [float(terms.value), float(terms.sq_norm)]
-    for (m, n, dtype), group in by_shape.items():
-        # float64 copies of a whole group at once cost 2× a large model's weights (vit_large:
-        # +2.4 GB); batches of at most _BATCH_BYTES keep the batching and bound the memory
-        per_batch = max(1, _BATCH_BYTES // (8 * m * n))
-        pieces = [(key, piece) for key, mats in group for piece in torch.split(mats, per_batch)]
-        batches: list[list[tuple[int, Tensor]]] = [[]]
-        filled = 0  # matrices in the last batch
-        for key, piece in pieces:
-            if filled + piece.shape[0] > per_batch:
-                batches.append([])
-                filled = 0
-            batches[-1].append((key, piece))
-            filled += piece.shape[0]
-        for chunk in batches:
-            keys = [key for key, piece in chunk for _ in range(piece.shape[0])]
-            # Aᴴ has A's singular values: the wide orientation, concatenated in the stored dtype
-            # then converted once, is the contiguous float64 layout the Gram product wants
-            wide = [piece.detach().mH if m > n else piece.detach() for _, piece in chunk]
-            batch = _stacked_precise(wide, device)
-            logs = F.sum_log_singular_values(batch, tolerance_dtype=dtype).cpu().tolist()
-            sqs = (torch.linalg.vector_norm(batch, dim=(-2, -1)) ** 2).cpu().tolist()
-            for key, log_value, sq in zip(keys, logs, sqs, strict=True):
-                out[key][0] += log_value
-                out[key][1] += sq
+    chunks = [
+        (dtype, chunk) for (m, n, dtype), group in by_shape.items() for chunk in _chunks(group)
+    ]
+    workspace = _Workspace(device)
+    for _, chunk in chunks:
+        workspace.reserve(_stack_shape([piece for _, piece in chunk]), _precise_dtype(chunk))
+    for dtype, chunk in chunks:
+        keys = [key for key, piece in chunk for _ in range(piece.shape[0])]
+        batch = _stacked_precise([piece for _, piece in chunk], device, workspace)
+        logs = F.sum_log_singular_values(batch, tolerance_dtype=dtype).cpu().tolist()
+        sqs = (torch.linalg.vector_norm(batch, dim=(-2, -1)) ** 2).cpu().tolist()
+        for key, log_value, sq in zip(keys, logs, sqs, strict=True):
+            out[key][0] += log_value
+            out[key][1] += sq
     return {key: (vals[0], vals[1]) for key, vals in out.items()}
 
 
-def _stacked_precise(pieces: Sequence[Tensor], device: torch.device) -> Tensor:
+def _chunks(group: Sequence[tuple[int, Tensor]]) -> list[list[tuple[int, Tensor]]]:
+    """A shape group's (key, matrices) cut into batches of at most ``_BATCH_BYTES`` of float64,
+    each piece in the wide orientation (Aᴴ has A's singular values; the Gram product wants
+    rows ≤ columns). Float64 copies of a whole group at once would cost 2× a large model's
+    weights (vit_large: +2.4 GB); the batches bound the memory and keep the batching."""
+    m, n = group[0][1].shape[-2:]
+    per_batch = max(1, _BATCH_BYTES // (8 * m * n))
+    batches: list[list[tuple[int, Tensor]]] = [[]]
+    filled = 0  # matrices in the last batch
+    for key, mats in group:
+        for piece in torch.split(mats.detach(), per_batch):
+            if filled + piece.shape[0] > per_batch:
+                batches.append([])
+                filled = 0
+            batches[-1].append((key, piece.mH if m > n else piece))
+            filled += piece.shape[0]
+    return batches
+
+
+def _precise_dtype(chunk: Sequence[tuple[int, Tensor]]) -> torch.dtype:
+    return torch.complex128 if chunk[0][1].is_complex() else torch.float64
+
+
+def _stack_shape(pieces: Sequence[Tensor]) -> tuple[int, ...]:
+    return (sum(p.shape[0] for p in pieces), *pieces[0].shape[1:])
+
+
+class _Workspace:
+    """One buffer per dtype, sized once for the largest batch and reused by every batch.
+
+    Fresh large allocations are returned to the OS when freed and page-faulted in again on
+    the next one (measured: 13% of ViT-B's paper profile); reusing the faulted pages avoids
+    that. Only within one profile: nothing is kept afterwards."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.sizes: dict[torch.dtype, int] = defaultdict(int)
+        self.buffers: dict[torch.dtype, Tensor] = {}
+
+    def reserve(self, shape: Sequence[int], dtype: torch.dtype) -> None:
+        self.sizes[dtype] = max(self.sizes[dtype], math.prod(shape))
+
+    def take(self, shape: Sequence[int], dtype: torch.dtype) -> Tensor:
+        size = max(self.sizes[dtype], math.prod(shape))
+        buffer = self.buffers.get(dtype)
+        if buffer is None or buffer.numel() < size:
+            buffer = self.buffers[dtype] = torch.empty(size, dtype=dtype, device=self.device)
+        return buffer[: math.prod(shape)].view(*shape)
+
+
+def _stacked_precise(
+    pieces: Sequence[Tensor], device: torch.device, workspace: _Workspace
+) -> Tensor:
     """``pieces`` (batches of equal-shape matrices, any dtype, strided views allowed)
-    concatenated as one contiguous float64 (complex128) batch on ``device``: one copy per
-    piece that converts dtype and layout at once (cat, then a conversion, was two passes),
-    none for a lone piece that already is one."""
+    concatenated as one contiguous float64 (complex128) batch on ``device``, in
+    ``workspace``: one copy per piece that converts dtype and layout at once (cat, then a
+    conversion, was two passes), none for a lone piece that already is one."""
     first = pieces[0]
     dtype = torch.complex128 if first.is_complex() else torch.float64
     if len(pieces) == 1 and first.dtype == dtype and first.device == device:
         return first.contiguous()  # e.g. a BatchNorm-folded piece: already float64, no copy
-    out = torch.empty(
-        (sum(p.shape[0] for p in pieces), *first.shape[1:]), dtype=dtype, device=device
-    )
+    out = workspace.take(_stack_shape(pieces), dtype)
     start = 0
     for piece in pieces:
-        out[start : start + piece.shape[0]].copy_(piece)
+        _copy_transposing_in_tiles(out[start : start + piece.shape[0]], piece)
         start += piece.shape[0]
     return out
+
+
+_TILE = 256  # columns per tile of a transposing copy
+
+
+def _copy_transposing_in_tiles(dst: Tensor, src: Tensor) -> None:
+    """``dst.copy_(src)``; where ``src`` is the transposed view of contiguous (tall) matrices,
+    column tiles keep the reads contiguous and the writes short: 1.3–2× faster than one
+    strided copy (ViT-B's 12 3072×768 fc1 weights: 63 → 32 ms)."""
+    if src.is_contiguous() or not src.mT.is_contiguous() or src.shape[-1] <= _TILE:
+        dst.copy_(src)
+        return
+    for start in range(0, src.shape[-1], _TILE):
+        dst[..., start : start + _TILE].copy_(src[..., start : start + _TILE])
 
 
 def compute_profile(
