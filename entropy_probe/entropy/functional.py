@@ -260,6 +260,10 @@ def conv_spectral_log_volume(
     ConvTranspose with stride s pass s × its input grid and its weight as is: that weight is
     the adjoint conv's, which maps that grid onto the layer's input. ``chunk`` bounds how many
     frequency matrices are decomposed at once.
+
+    Rank is judged at float64 precision on the frequency matrices (float64 mixes of the
+    taps), except for a 1×1 kernel, whose only frequency matrix is its tap: that is judged
+    in the weight's precision, as the `paper` value is, so the two stay equal.
     """
     nd = _check_conv_weight(weight, groups)
     strides = _per_dim(stride, nd, "stride")
@@ -272,7 +276,8 @@ def conv_spectral_log_volume(
     if used is not None and min(rows, cols) > used.numel():
         return (precise(weight).sum() * 0.0) - math.inf
     if all(k == 1 for k in weight.shape[2:]):
-        # one tap: K̂(ω) is that tap's matrix at every frequency (on the phase it reaches)
+        # one tap: K̂(ω) is that tap's matrix at every frequency (on the phase it reaches),
+        # so the value is the paper one over the grid, rank judged as the paper judges it
         return math.prod(n_out) * conv_paper_log_volume(weight, groups)
     dilations = _per_dim(dilation, nd, "dilation")
     if all((k - 1) * d < s for k, d, s in zip(weight.shape[2:], dilations, strides, strict=True)):

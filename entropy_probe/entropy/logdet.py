@@ -8,6 +8,7 @@ the matrices' device, and is differentiable where the value is finite.
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import NamedTuple
@@ -23,7 +24,7 @@ __all__ = ["rank_tolerance", "sum_log_singular_values"]
 _EPS64 = torch.finfo(torch.float64).eps
 _POWER_STEPS = 8  # power iterations for the σ_min and σ_max estimates
 _SAFETY = 2.0  # how far an estimated σ_min must clear a threshold
-_ROUNDING_MARGIN = 4.0  # × the worst-case eigenvalue rounding before an eigenvalue verdict counts
+_ROUNDING_MARGIN = 4.0  # × the worst-case eigenvalue rounding before an inertia test counts
 
 
 def rank_tolerance(dtype: torch.dtype, m: int, n: int) -> float:
@@ -52,9 +53,11 @@ def sum_log_singular_values(
     ``auto`` takes ½·log det of the smaller Gram matrix by a batched Cholesky (about 4×
     cheaper than an SVD on CPU) wherever :func:`_gram_verdict` shows that value is the SVD's:
     σ_min well above the rank threshold and above the Gram product's rounding (which squares
-    the condition number), by a condition estimate or, near the threshold, by the Gram's
-    eigenvalues. What it cannot settle goes to a Householder QR of the matrix itself (no
-    squaring), and what that cannot settle to an SVD, which decides rank deficiency exactly.
+    the condition number), by a condition estimate or, near the threshold, by inertia tests
+    (Choleskys of G − c·I). A row shorter than tol × the longest settles rank deficiency
+    before any Gram is formed. What the Gram cannot settle goes to a Householder QR of the
+    matrix itself (no squaring), and what that cannot settle to an SVD, which decides rank
+    deficiency exactly.
     """
     method = LogDetMethod(method)
     if mats.dim() < 2:
@@ -70,19 +73,46 @@ def sum_log_singular_values(
     wide = wide.to(dtype, memory_format=torch.contiguous_format).contiguous()
     if method is LogDetMethod.SVD:
         return _svd_sum_log(wide, tol)
+    line_sq = torch.linalg.vector_norm(wide.detach(), dim=-1) ** 2
+    wide, line_sq, shift = _rescaled_if_extreme(wide, line_sq)
+    if method is LogDetMethod.CHOLESKY:
+        return _gram_sum_log(wide, method, tol) + shift
     # A row (column) of A shorter than tol × the longest is rank deficiency outright
     # (σ_min ≤ the shortest, σ_max ≥ the longest: e.g. a BatchNorm with γ = 0 folded in, which
     # timm's zero-init puts in every residual block): settled before any Gram is formed.
-    line_sq = torch.linalg.vector_norm(wide.detach(), dim=-1) ** 2
     outright = line_sq.amin(-1) <= tol**2 * line_sq.amax(-1)
     if not bool(outright.any()):
-        return _gram_sum_log(wide, method, tol)
-    if method is LogDetMethod.CHOLESKY:
-        raise _not_full_rank(int(outright.sum()))
+        return _gram_sum_log(wide, method, tol) + shift
     out = torch.full(wide.shape[:-2], -math.inf, dtype=torch.float64, device=wide.device)
     if not bool(outright.all()):
         out[~outright] = _gram_sum_log(wide[~outright], method, tol)
-    return out
+    return out + shift
+
+
+# Squared row norms outside this range would overflow or underflow in the Gram (float64).
+_LINE_SQ_RANGE = (2.0**-800, 2.0**800)
+
+
+def _rescaled_if_extreme(wide: Tensor, line_sq: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``wide`` with members of extreme scale multiplied by a power of two (exact) so that their
+    largest entry lies in [½, 1), their squared row norms, and the Σ log σ that scaling took
+    off (k·e·log 2 per member, 0 elsewhere). Only float64 inputs beyond about 1e±240 need it:
+    their Gram entries would overflow, or underflow to a false "rank deficient"."""
+    low, high = _LINE_SQ_RANGE
+    peak = line_sq.amax(-1)
+    shift = torch.zeros_like(peak)
+    extreme = ~((peak >= low) & (peak <= high))
+    if not bool(extreme.any()):
+        return wide, line_sq, shift
+    biggest = wide.detach().abs().amax((-2, -1))
+    extreme &= torch.isfinite(biggest) & (biggest > 0)  # zero or non-finite: nothing to scale
+    if not bool(extreme.any()):
+        return wide, line_sq, shift
+    exponent = torch.where(extreme, torch.frexp(biggest).exponent, 0)
+    factor = torch.ldexp(torch.ones_like(biggest), -exponent)
+    wide = wide * factor[..., None, None]
+    shift = wide.shape[-2] * exponent.to(torch.float64) * math.log(2.0)
+    return wide, torch.linalg.vector_norm(wide.detach(), dim=-1) ** 2, shift
 
 
 def _not_full_rank(count: int) -> ShapeError:
@@ -118,19 +148,23 @@ def _gram_sum_log(wide: Tensor, method: LogDetMethod, tol: float) -> Tensor:
 class _Verdict(NamedTuple):
     accepted: Tensor  # the Cholesky value is the answer
     deficient: Tensor  # rank deficient by the tolerance rule: −inf
-    sigma_max: Tensor  # for the rest: σ_max(A), estimated from below or exact
+    sigma_max: Tensor  # for the rest: an upper bound of σ_max(A)
 
 
 def _gram_verdict(gram: Tensor, chol: Tensor, info: Tensor, tol: float, inner: int) -> _Verdict:
     """Sort a batch by what its Gram matrices G = AAᴴ (k×k, ``inner`` columns in A) prove.
 
     1. A row (column) of A shorter than tol × the longest is rank deficiency outright
-       (σ_min ≤ the shortest, σ_max ≥ the longest: e.g. a BatchNorm with γ = 0 folded in).
+       (σ_min ≤ the shortest, σ_max ≥ the longest). The caller has already taken those out;
+       the check stays for direct callers.
     2. The Cholesky value is accepted where the σ_min estimate (from above, power iterations
        on the factor) clears ``_SAFETY`` × the larger of tol·σ_max and the Gram precision
        floor 100·sqrt(eps64)·‖A‖_F (there λ_min keeps its relative error ≲ 1e-4; measured:
        ≤ 2e-8 nats on the total, tests/entropy/test_logdet_tiers.py). σ_max ≤ ‖A‖_F first;
-       the power-iteration σ_max only for those that bound does not settle.
+       the power-iteration σ_max only for those that bound does not settle. Both power
+       iterations start from a random vector seeded by the matrices' own values: a fixed
+       start can be orthogonal to the top singular vector (then σ_2 passes for σ_max), and
+       no fixed matrix can be built against a start that depends on it.
     3. Near the rank threshold the estimates cannot decide, but where the threshold lies far
        above the Gram's rounding, Sylvester's law of inertia does: G − c·I has a Cholesky
        factor exactly when λ_min(G) > c. :func:`_inertia_verdict` brackets λ_max and tests
@@ -161,7 +195,10 @@ def _gram_verdict(gram: Tensor, chol: Tensor, info: Tensor, tol: float, inner: i
     if bool(near.any()):
         (where,) = near.nonzero(as_tuple=True)
         floor_sq = (_SAFETY * precision[where]) ** 2  # the Cholesky tier's own floor
-        found = _inertia_verdict(gram[where], tol, rounding[where], floor_sq)
+        near_gram = gram[where]
+        row_sums = near_gram.abs().sum(-1).amax(-1)  # ‖G‖_∞ ≥ λ_max, as is ‖A‖_F²
+        bound = torch.minimum(frob_sq[where], row_sums)
+        found = _inertia_verdict(near_gram, tol, rounding[where], floor_sq, bound)
         deficient[where] = found.deficient
         accepted[where] = factored[where] & found.accepted
         sigma_max[where] = found.sigma_max
@@ -172,33 +209,39 @@ _LAMBDA_MAX_STEPS = 40  # power iterations for the λ_max bracket near the thres
 _LAMBDA_MAX_GROWTH = (1 / 32, 1 / 4)  # tried upper brackets: λ_max ≤ θ·(1 + growth)
 
 
-def _inertia_verdict(gram: Tensor, tol: float, rounding: Tensor, floor_sq: Tensor) -> _Verdict:
+def _inertia_verdict(
+    gram: Tensor, tol: float, rounding: Tensor, floor_sq: Tensor, lam_max_bound: Tensor
+) -> _Verdict:
     """λ_min(G) against tol²·λ_max(G) by inertia, for a batch of Gram matrices.
 
-    θ = ‖Gx‖ (x of unit norm, after power iterations) bounds λ_max from below; where
-    (1 + growth)·θ·I − G has a Cholesky factor, (1 + growth)·θ bounds it from above. Then a
-    failed Cholesky of G − (tol²·θ − r)·I proves λ_min < tol²·λ_max (deficient), and a
-    successful one of G − (max(tol²·λ_max upper, ``floor_sq``) + r)·I proves the converse
-    (accepted); r = ``rounding`` keeps each test clear of the arithmetic's own errors. What
-    neither proves (λ_min within the bracket's width of the threshold) stays undecided.
+    θ = ‖Gx‖ (x of unit norm, after power iterations) bounds λ_max from below whatever the
+    start; where (1 + growth)·θ·I − G has a Cholesky factor, (1 + growth)·θ bounds it from
+    above, else the given upper bound ``lam_max_bound`` does. Then a failed Cholesky of
+    G − (tol²·θ − r)·I proves λ_min < tol²·λ_max (deficient), and a successful one of
+    G − (max(tol²·λ_max upper, ``floor_sq``) + r)·I proves the converse (accepted);
+    r = ``rounding`` keeps each test clear of the arithmetic's own errors. What neither
+    proves (λ_min within the bracket's width of the threshold) stays undecided.
     """
     theta = _sigma_max_estimate(gram, steps=_LAMBDA_MAX_STEPS) ** 2
     deficient = ~_positive_definite(gram, tol**2 * theta - rounding)
-    lam_max_upper = torch.full_like(theta, math.nan)
+    lam_max_upper = lam_max_bound.clone()
+    bracketed = torch.zeros_like(deficient)
     for growth in _LAMBDA_MAX_GROWTH:
-        todo = ~deficient & lam_max_upper.isnan()
+        todo = ~deficient & ~bracketed
         if not bool(todo.any()):
             break
         bound = theta[todo] * (1 + growth)
         bounded = _positive_definite(-gram[todo], -bound)  # bound·I − G
-        lam_max_upper[todo] = torch.where(bounded, bound + rounding[todo], math.nan)
+        lam_max_upper[todo] = torch.where(
+            bounded, torch.minimum(bound + rounding[todo], lam_max_upper[todo]), lam_max_upper[todo]
+        )
+        bracketed[todo] = bounded
     accepted = torch.zeros_like(deficient)
-    bracketed = ~deficient & lam_max_upper.isfinite()
-    if bool(bracketed.any()):
+    rest = ~deficient
+    if bool(rest.any()):
         shift = torch.maximum(tol**2 * lam_max_upper, floor_sq) + rounding
-        accepted[bracketed] = _positive_definite(gram[bracketed], shift[bracketed])
-    upper = torch.where(bracketed, lam_max_upper, theta)
-    return _Verdict(accepted, deficient, upper.sqrt())
+        accepted[rest] = _positive_definite(gram[rest], shift[rest])
+    return _Verdict(accepted, deficient, lam_max_upper.sqrt())
 
 
 def _positive_definite(mats: Tensor, shift: Tensor) -> Tensor:
@@ -216,14 +259,23 @@ def _power_iteration(
     steps: int = _POWER_STEPS,
 ) -> Tensor:
     """``steps`` power iterations over a batch of k×k operators shaped like ``like``, from a
-    random start seeded with ``seed``: ``step(x)`` (x of unit norm) returns the next iterate
-    and the value it measured; the last value is returned, shape ``like.shape[:-2]``."""
-    gen = torch.Generator(device=like.device).manual_seed(seed)
+    random start seeded by ``like``'s values and ``seed``: ``step(x)`` (x of unit norm)
+    returns the next iterate and the value it measured; the last value is returned, shape
+    ``like.shape[:-2]``."""
+    gen = torch.Generator(device=like.device).manual_seed(_data_seed(like, seed))
     x = torch.randn((*like.shape[:-1], 1), generator=gen, dtype=like.dtype, device=like.device)
     value = torch.zeros(like.shape[:-2], dtype=torch.float64, device=like.device)
     for _ in range(steps):
         x, value = step(x / torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True))
     return value
+
+
+def _data_seed(values: Tensor, salt: int) -> int:
+    """A generator seed from the float64 bits of Σ ``values`` and ``salt``: reproducible for
+    the same input, and not something a matrix can be built to be orthogonal to."""
+    total = torch.view_as_real(values).sum() if values.is_complex() else values.sum()
+    (bits,) = struct.unpack("<Q", struct.pack("<d", float(total)))
+    return int((bits ^ (salt * 0x9E3779B97F4A7C15)) & 0x7FFF_FFFF_FFFF_FFFF)
 
 
 def _sigma_max_estimate(gram: Tensor, steps: int = _POWER_STEPS) -> Tensor:

@@ -96,7 +96,7 @@ def _scaled_wide_contiguous(mats: Tensor, factor: Tensor) -> Tensor:
     is ~10× faster than a transposing copy (the conversion does the one strided read)."""
     dtype = torch.complex128 if mats.is_complex() else torch.float64
     if mats.shape[-2] <= mats.shape[-1]:
-        return mats.to(dtype, copy=True).mul_(factor)
+        return mats.to(dtype, memory_format=torch.contiguous_format, copy=True).mul_(factor)
     wide = torch.empty(mats.mT.shape, dtype=dtype, device=mats.device)
     wide.copy_(mats.mT)
     return wide.mul_(factor.mT).mT

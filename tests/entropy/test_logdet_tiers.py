@@ -154,7 +154,10 @@ def test_inertia_verdicts_are_never_wrong_and_settle_all_but_the_bracket(k: int)
     gram = torch.stack(grams)
     frob_sq = torch.diagonal(gram, dim1=-2, dim2=-1).sum(-1)
     rounding = L._ROUNDING_MARGIN * 2 * k * L._EPS64 * frob_sq
-    verdict = L._inertia_verdict(gram, tol, rounding, torch.zeros(len(factors), dtype=F64))
+    row_sums = gram.abs().sum(-1).amax(-1)  # ‖G‖_∞: the caller's rigorous upper bound
+    verdict = L._inertia_verdict(
+        gram, tol, rounding, torch.zeros(len(factors), dtype=F64), row_sums
+    )
     for i, factor in enumerate(factors):
         assert not (verdict.deficient[i] and verdict.accepted[i])
         if factor < 1:
@@ -193,10 +196,43 @@ def test_a_short_row_is_deficient_before_any_gram(monkeypatch: pytest.MonkeyPatc
     (grad,) = torch.autograd.grad(out[1], A)
     assert bool((grad[0] == 0).all())
     torch.testing.assert_close(grad[1], torch.linalg.pinv(healthy).T)
+    # 'cholesky' counts every matrix it cannot take, short rows included
+    with pytest.raises(ShapeError, match=r"^2 matrix"):
+        F.sum_log_singular_values(torch.stack([zero_row, healthy, zero_row]), "cholesky")
     _forbid(monkeypatch, "_row_gram")
     assert bool(torch.isinf(F.sum_log_singular_values(zero_row[None])).all())
-    with pytest.raises(ShapeError, match="not numerically full rank"):
-        F.sum_log_singular_values(zero_row, "cholesky")
+
+
+@pytest.mark.parametrize("scale", [1e-170, 1e-300, 1e160, 1e300])
+def test_extreme_float64_scales_keep_their_value(scale: float) -> None:
+    # Squared row norms (and the Gram) would underflow to a false "deficient" or overflow;
+    # an exact power-of-two rescaling keeps the value Σ log σ(A) + k·log(scale).
+    A = torch.stack([with_singular_values([2.0, 1.0, 0.5, 0.25], 4, 6, seed=31)] * 2)
+    A[1] = A[1] * scale
+    got = F.sum_log_singular_values(A)
+    base = math.log(2.0 * 1.0 * 0.5 * 0.25)
+    assert float(got[0]) == pytest.approx(base, abs=1e-12)
+    assert float(got[1]) == pytest.approx(base + 4 * math.log(scale), rel=1e-12)
+    assert float(F.sum_log_singular_values(A[1], "svd")) == pytest.approx(float(got[1]))
+
+
+def test_a_start_vector_orthogonal_to_the_top_direction_does_not_fool_sigma_max() -> None:
+    # Built against the fixed start the σ_max power iteration used to have (seed 1): with
+    # the top singular vector orthogonal to it, the estimate was σ_2 = σ_1/3 and a matrix the
+    # SVD calls rank deficient (σ_min = 0.9·tol·σ_1) was accepted with a finite value.
+    k = 200
+    tol = L.rank_tolerance(torch.float32, k, k)
+    start = torch.randn((1, k, 1), generator=torch.Generator().manual_seed(1), dtype=F64)
+    x0 = start[0, :, 0]
+    r = torch.randn(k, k, generator=torch.Generator().manual_seed(2), dtype=F64)
+    r[:, 0] -= x0 * (x0 @ r[:, 0]) / (x0 @ x0)
+    U, _ = torch.linalg.qr(r)
+    V, _ = torch.linalg.qr(torch.randn(k, k, generator=torch.Generator().manual_seed(3), dtype=F64))
+    sv = torch.rand(k, generator=torch.Generator().manual_seed(4), dtype=F64) * 0.6 + 0.3
+    sv[0], sv[1], sv[-1] = 3.0, 1.0, 0.9 * tol * 3.0
+    A = (U * sv) @ V.T
+    assert float(F.sum_log_singular_values(A, "svd", tolerance_dtype=torch.float32)) == -math.inf
+    assert float(F.sum_log_singular_values(A, tolerance_dtype=torch.float32)) == -math.inf
 
 
 def kahan(k: int, theta: float) -> torch.Tensor:
