@@ -52,6 +52,9 @@ def main() -> None:
       entropy-probe profile timm:resnet18 --weights resnet18.safetensors
       entropy-probe profile model.onnx --json profile.json
     """
+    from entropy_probe._allocator import keep_freed_memory
+
+    keep_freed_memory()
 
 
 _SOURCES: str = """
