@@ -60,6 +60,9 @@ def profile_loaded(
     ``example_input`` replaces the seeded random ``(1, *input_shape)`` input of the shape
     trace, for a torch module whose forward takes something else: a tensor, a tuple of
     positional inputs or a dict of keyword inputs (batch first, batch size 1 advised).
+
+    ``progress`` draws progress bars on stderr, only when it is a terminal: one over the
+    layers of the spectral method, one over the samples of ``data``.
     """
     if not isinstance(loaded, LoadedModel):
         raise ArgumentError(
@@ -97,6 +100,7 @@ def profile_loaded(
         num_params=loaded.num_params,
         pretrained=loaded.pretrained,
         notes=loaded.notes,
+        progress=progress,
     )
     if inputs is None:
         if not records:

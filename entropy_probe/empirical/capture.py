@@ -27,7 +27,6 @@ non-analytic module gets one row per call (``name#2``, ...).
 from __future__ import annotations
 
 import math
-import sys
 import time
 import weakref
 from collections.abc import Iterator, Sequence
@@ -40,6 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from entropy_probe._progress import progress_bar
 from entropy_probe.empirical.estimators import (
     DEFAULT_MAX_DIMS,
     RandomProjection,
@@ -304,18 +304,6 @@ def measure(
     )
 
 
-def _progress(total: int, enabled: bool, desc: str) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        unit="sample",
-        desc=desc,
-        disable=not enabled or not sys.stderr.isatty(),
-        leave=False,
-    )
-
-
 def _estimate(
     taps: list[_Tap], store: _Store, estimator: str, k: int
 ) -> tuple[dict[str, dict[str, Any]], list[NewRow], dict[str, str]]:
@@ -488,7 +476,7 @@ def _capture_module(
     param = next((p for p in model.parameters() if p.is_floating_point()), None)
     dtype = param.dtype if param is not None else torch.float32
     n = int(inputs.shape[0])
-    bar = _progress(n, progress, "activations")
+    bar = progress_bar(n, progress, "activations", "sample")
     try:
         with (
             _on_device(model, store.device),
@@ -640,7 +628,7 @@ def _capture_onnx(
     np_dtype = onnx.helper.tensor_dtype_to_np_dtype(elem) if elem else np.dtype(np.float32)
 
     n = int(inputs.shape[0])
-    bar = _progress(n, progress, "activations")
+    bar = progress_bar(n, progress, "activations", "sample")
     start, size = 0, 1  # the first batch is one sample: it measures the outputs' size
     try:
         while start < n:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from entropy_probe._progress import progress_bar
 from entropy_probe.entropy import functional as F
 from entropy_probe.entropy.rules import LayerRule, PaperTerms
 from entropy_probe.enums import ConvMethod, LayerKind, Status
@@ -297,10 +298,13 @@ def compute_profile(
     num_params: int = 0,
     pretrained: bool = True,
     notes: Sequence[str] = (),
+    progress: bool = False,
 ) -> Profile:
     """Analyse walked ``records`` with the registered ``rules`` (a Registry of LayerRule).
 
-    Equal-shape matrices of all layers are decomposed in one batched call on ``device``.
+    Equal-shape matrices of all layers are decomposed in one batched call on ``device``. With
+    ``progress``, the spectral method (seconds per conv layer on a CPU) shows a bar on a
+    terminal.
     """
     start = time.perf_counter()
     method = ConvMethod(method)
@@ -364,6 +368,10 @@ def compute_profile(
             raw_direct.append((p.raw_terms, 2 * i + 1, _stored_dtype(p.record)))
     values.update(_evaluate_terms(raw_direct, dev))
 
+    with_weight = sum(1 for p in pending.values() if p.weight is not None)
+    spectral_bar = progress_bar(
+        with_weight, progress and method is not ConvMethod.PAPER, "spectral", "layer"
+    )
     for index, p in pending.items():
         sum_log, sum_sq = values[2 * index]
         positions = _positions(p.rule, p.record)
@@ -378,6 +386,7 @@ def compute_profile(
         if effective is not None:
             value = p.rule.spectral_delta_h(p.record, effective.to(dev))
             spectral = float(value) * p.record.calls if value is not None else None
+            spectral_bar.update(1)
         shape = per_dim - 0.5 * math.log(sum_sq / p.terms.dims) if sum_sq > 0 else -math.inf
         mats = p.terms.matrices
         shape_random = (
@@ -405,6 +414,7 @@ def compute_profile(
             delta_h_raw=raw,
         )
 
+    spectral_bar.close()
     layers = [finished[i] for i in range(len(records))]
     analysed = [
         i for i, layer in enumerate(layers) if layer.analysed and layer.kind != LayerKind.BATCHNORM

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -306,6 +307,23 @@ def test_raw_value_beside_the_folded_one(
         assert conv.status is Status.SINGULAR and conv.delta_h == -math.inf
     else:
         assert conv.delta_h == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_spectral_progress_is_drawn_on_a_terminal_only(
+    registry: PluginRegistry,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    terminal: bool,
+) -> None:
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    records = walk_module(tiny(), INPUT, registry)
+    common = {"source": "tiny", "format": "test", "input_shape": INPUT}
+    compute_profile(records, registry.rules, method="spectral", progress=True, **common)
+    drawn = capsys.readouterr().err
+    assert ("spectral" in drawn and "layer" in drawn) is terminal
+    compute_profile(records, registry.rules, method="paper", progress=True, **common)
+    assert capsys.readouterr().err == ""  # the paper method is quick: no bar
 
 
 def test_non_finite_values_become_null(singular_profile: Profile) -> None:
