@@ -52,9 +52,6 @@ def main() -> None:
       entropy-probe profile timm:resnet18 --weights resnet18.safetensors
       entropy-probe profile model.onnx --json profile.json
     """
-    from entropy_probe._allocator import keep_freed_memory
-
-    keep_freed_memory()
 
 
 _SOURCES: str = """
@@ -176,6 +173,7 @@ _NEEDS_DATA = ("samples", "batch_size", "estimator", "k")
 
 
 def _run_profile(opts: dict[str, Any]) -> Profile:
+    from entropy_probe._allocator import keep_freed_memory
     from entropy_probe.api import profile as run_profile
 
     if opts.get("data") is None:
@@ -194,6 +192,7 @@ def _run_profile(opts: dict[str, Any]) -> Profile:
                 "add --data NAME|DIR|FILE.npy "
                 "(e.g. --data nuclei), or leave them out"
             )
+    keep_freed_memory()  # a short-lived process doing large batched float64 work
     return run_profile(
         opts["source"],
         weights=opts["weights"],

@@ -71,10 +71,10 @@ def sum_log_singular_values(
     wide = mats if m <= n else mats.mH
     dtype = torch.complex128 if wide.is_complex() else torch.float64
     wide = wide.to(dtype, memory_format=torch.contiguous_format).contiguous()
-    if method is LogDetMethod.SVD:
-        return _svd_sum_log(wide, tol)
     line_sq = _last_dims_norm(wide.detach(), 1) ** 2
     wide, line_sq, shift = _rescaled_if_extreme(wide, line_sq)
+    if method is LogDetMethod.SVD:
+        return _svd_sum_log(wide, tol) + shift
     if method is LogDetMethod.CHOLESKY:
         return _gram_sum_log(wide, method, tol) + shift
     # A row (column) of A shorter than tol × the longest is rank deficiency outright
@@ -96,8 +96,9 @@ _LINE_SQ_RANGE = (2.0**-800, 2.0**800)
 def _rescaled_if_extreme(wide: Tensor, line_sq: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``wide`` with members of extreme scale multiplied by a power of two (exact) so that their
     largest entry lies in [½, 1), their squared row norms, and the Σ log σ that scaling took
-    off (k·e·log 2 per member, 0 elsewhere). Only float64 inputs beyond about 1e±240 need it:
-    their Gram entries would overflow, or underflow to a false "rank deficient"."""
+    off (k·e·log 2 per member, 0 elsewhere). Only float64 inputs beyond about 1e±150 need it:
+    their Gram entries (or the SVD's internals) would overflow, or underflow to a false "rank
+    deficient"."""
     low, high = _LINE_SQ_RANGE
     peak = line_sq.amax(-1)
     shift = torch.zeros_like(peak)
@@ -109,8 +110,11 @@ def _rescaled_if_extreme(wide: Tensor, line_sq: Tensor) -> tuple[Tensor, Tensor,
     if not bool(extreme.any()):
         return wide, line_sq, shift
     exponent = torch.where(extreme, torch.frexp(biggest).exponent, 0)
-    factor = torch.ldexp(torch.ones_like(biggest), -exponent)
-    wide = wide * factor[..., None, None]
+    # 2^-e in two factors: for a subnormal maximum 2^-e alone would overflow float64
+    half = torch.div(-exponent, 2, rounding_mode="floor")
+    one = torch.ones_like(biggest)
+    factors = torch.ldexp(one, half), torch.ldexp(one, -exponent - half)
+    wide = wide * factors[0][..., None, None] * factors[1][..., None, None]
     shift = wide.shape[-2] * exponent.to(torch.float64) * math.log(2.0)
     return wide, _last_dims_norm(wide.detach(), 1) ** 2, shift
 
@@ -283,7 +287,9 @@ def _last_dims_norm(x: Tensor, dims: int) -> Tensor:
 def _data_seed(values: Tensor, salt: int) -> int:
     """A generator seed from the float64 bits of Σ ``values`` and ``salt``: reproducible for
     the same input, and not something a matrix can be built to be orthogonal to."""
-    total = torch.view_as_real(values).sum() if values.is_complex() else values.sum()
+    if values.is_complex():  # a conjugate view: any deterministic sum will do
+        values = torch.view_as_real(values.conj() if values.is_conj() else values)
+    total = values.sum()
     (bits,) = struct.unpack("<Q", struct.pack("<d", float(total)))
     return int((bits ^ (salt * 0x9E3779B97F4A7C15)) & 0x7FFF_FFFF_FFFF_FFFF)
 

@@ -372,49 +372,17 @@ def compute_profile(
     spectral_bar = progress_bar(
         with_weight, progress and method is not ConvMethod.PAPER, "spectral", "layer"
     )
-    for index, p in pending.items():
-        sum_log, sum_sq = values[2 * index]
-        positions = _positions(p.rule, p.record)
-        per_dim = sum_log / p.terms.dims
-        singular = math.isinf(sum_log) and sum_log < 0
-        delta_h = positions * sum_log if positions is not None else None
-        raw = None
-        if p.raw_terms is not None and positions is not None:
-            raw = positions * values[2 * index + 1][0]
-        spectral = None
-        effective = p.effective_weight() if method is not ConvMethod.PAPER else None
-        if effective is not None:
-            value = p.rule.spectral_delta_h(p.record, effective.to(dev))
-            spectral = float(value) * p.record.calls if value is not None else None
-            spectral_bar.update(1)
-        shape = per_dim - 0.5 * math.log(sum_sq / p.terms.dims) if sum_sq > 0 else -math.inf
-        mats = p.terms.matrices
-        shape_random = (
-            F.gaussian_spectral_shape(mats.shape[-2], mats.shape[-1], math.prod(mats.shape[:-2]))
-            if mats is not None
-            else None
-        )
-        reason = p.record.reason
-        if singular:
-            reason = "a zero singular value: the layer discards information (ΔH = −inf)"
-        elif p.record.folded_batchnorm:
-            reason = f"eval BatchNorm {p.record.folded_batchnorm!r} folded in"
-        elif p.record.folded_into:
-            reason = f"folded into {p.record.folded_into!r} (counted there)"
-        finished[index] = replace(
-            _base_entry(p.record),
-            status=Status.SINGULAR if singular else Status.OK,
-            reason=reason,
-            positions=positions,
-            delta_h=delta_h,
-            delta_h_per_dim=per_dim,
-            delta_h_spectral=spectral,
-            spectral_shape=shape,
-            spectral_shape_random=shape_random,
-            delta_h_raw=raw,
-        )
+    with spectral_bar:  # closed (its line cleared) on an error or Ctrl-C too
+        for index, p in pending.items():
+            spectral = None
+            effective = p.effective_weight() if method is not ConvMethod.PAPER else None
+            if effective is not None:
+                value = p.rule.spectral_delta_h(p.record, effective.to(dev))
+                spectral = float(value) * p.record.calls if value is not None else None
+                spectral_bar.update(1)
+            raw_sum_log = values[2 * index + 1][0] if p.raw_terms is not None else None
+            finished[index] = _finished(p, *values[2 * index], raw_sum_log, spectral)
 
-    spectral_bar.close()
     layers = [finished[i] for i in range(len(records))]
     analysed = [
         i for i, layer in enumerate(layers) if layer.analysed and layer.kind != LayerKind.BATCHNORM
@@ -435,6 +403,48 @@ def compute_profile(
         pretrained=pretrained,
         elapsed_s=time.perf_counter() - start,
         notes=tuple(notes),
+    )
+
+
+def _finished(
+    p: _Pending,
+    sum_log: float,
+    sum_sq: float,
+    raw_sum_log: float | None,
+    spectral: float | None,
+) -> LayerEntropy:
+    """The record of one analysed layer from its evaluated sums (per position)."""
+    positions = _positions(p.rule, p.record)
+    per_dim = sum_log / p.terms.dims
+    singular = math.isinf(sum_log) and sum_log < 0
+    mats = p.terms.matrices
+    shape_random = (
+        F.gaussian_spectral_shape(mats.shape[-2], mats.shape[-1], math.prod(mats.shape[:-2]))
+        if mats is not None
+        else None
+    )
+    reason = p.record.reason
+    if singular:
+        reason = "a zero singular value: the layer discards information (ΔH = −inf)"
+    elif p.record.folded_batchnorm:
+        reason = f"eval BatchNorm {p.record.folded_batchnorm!r} folded in"
+    elif p.record.folded_into:
+        reason = f"folded into {p.record.folded_into!r} (counted there)"
+    return replace(
+        _base_entry(p.record),
+        status=Status.SINGULAR if singular else Status.OK,
+        reason=reason,
+        positions=positions,
+        delta_h=positions * sum_log if positions is not None else None,
+        delta_h_per_dim=per_dim,
+        delta_h_spectral=spectral,
+        spectral_shape=(
+            per_dim - 0.5 * math.log(sum_sq / p.terms.dims) if sum_sq > 0 else -math.inf
+        ),
+        spectral_shape_random=shape_random,
+        delta_h_raw=(
+            positions * raw_sum_log if raw_sum_log is not None and positions is not None else None
+        ),
     )
 
 

@@ -203,17 +203,24 @@ def test_a_short_row_is_deficient_before_any_gram(monkeypatch: pytest.MonkeyPatc
     assert bool(torch.isinf(F.sum_log_singular_values(zero_row[None])).all())
 
 
-@pytest.mark.parametrize("scale", [1e-170, 1e-300, 1e160, 1e300])
+@pytest.mark.parametrize("scale", [1e-310, 1e-300, 1e-170, 1e160, 1e300, 1e308])
 def test_extreme_float64_scales_keep_their_value(scale: float) -> None:
-    # Squared row norms (and the Gram) would underflow to a false "deficient" or overflow;
-    # an exact power-of-two rescaling keeps the value Σ log σ(A) + k·log(scale).
+    # Squared row norms (and the Gram, and the SVD's internals) would underflow to a false
+    # "deficient" or overflow; an exact power-of-two rescaling keeps the value
+    # Σ log σ(A) + k·log(scale), down to a subnormal largest entry (1e-310).
     A = torch.stack([with_singular_values([2.0, 1.0, 0.5, 0.25], 4, 6, seed=31)] * 2)
+    A = A / A.abs().amax()
     A[1] = A[1] * scale
+    unit = float(F.sum_log_singular_values(A[0], "svd"))
     got = F.sum_log_singular_values(A)
-    base = math.log(2.0 * 1.0 * 0.5 * 0.25)
-    assert float(got[0]) == pytest.approx(base, abs=1e-12)
-    assert float(got[1]) == pytest.approx(base + 4 * math.log(scale), rel=1e-12)
-    assert float(F.sum_log_singular_values(A[1], "svd")) == pytest.approx(float(got[1]))
+    assert float(got[0]) == pytest.approx(unit, abs=1e-12)
+    tolerance = 1e-6 if scale < 2.3e-308 else 1e-12  # a subnormal keeps fewer digits
+    expected = unit + 4 * math.log(scale)
+    assert float(got[1]) == pytest.approx(expected, rel=tolerance)
+    for method in ("svd", "cholesky"):
+        assert float(F.sum_log_singular_values(A[1], method)) == pytest.approx(
+            expected, rel=tolerance
+        )
 
 
 def test_a_start_vector_orthogonal_to_the_top_direction_does_not_fool_sigma_max() -> None:

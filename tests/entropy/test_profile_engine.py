@@ -321,9 +321,38 @@ def test_spectral_progress_is_drawn_on_a_terminal_only(
     common = {"source": "tiny", "format": "test", "input_shape": INPUT}
     compute_profile(records, registry.rules, method="spectral", progress=True, **common)
     drawn = capsys.readouterr().err
-    assert ("spectral" in drawn and "layer" in drawn) is terminal
+    if terminal:
+        assert "spectral" in drawn and "layer" in drawn
+    else:
+        assert drawn == ""
     compute_profile(records, registry.rules, method="paper", progress=True, **common)
     assert capsys.readouterr().err == ""  # the paper method is quick: no bar
+
+
+def test_spectral_progress_bar_is_closed_when_a_layer_fails(
+    registry: PluginRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tqdm import tqdm
+
+    from entropy_probe.entropy.rules import ConvRule
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    monkeypatch.setattr(ConvRule, "spectral_delta_h", fail)
+    records = walk_module(tiny(), INPUT, registry)
+    with pytest.raises(RuntimeError, match="boom"):
+        compute_profile(
+            records,
+            registry.rules,
+            source="tiny",
+            format="test",
+            input_shape=INPUT,
+            method="spectral",
+            progress=True,
+        )
+    assert not list(getattr(tqdm, "_instances", ()))  # no bar left drawing over the error
 
 
 def test_non_finite_values_become_null(singular_profile: Profile) -> None:
