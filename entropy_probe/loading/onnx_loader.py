@@ -111,6 +111,7 @@ def read_onnx(path: Path) -> Any:
         raise bad("it holds no graph (no nodes)")
     if len(model.opset_import) == 0:
         raise bad("it declares no opset (the file may be truncated)")
+    _check_text(model, path)
     _load_external_data(model, path)
     dangling = _first_dangling_input(model.graph)
     if dangling is not None:
@@ -172,21 +173,32 @@ def _load_external_data(model: Any, path: Path) -> None:
         ) from None
 
 
+def _check_text(model: Any, path: Path) -> None:
+    """Every name the tool reads or copies is valid UTF-8. protobuf hands back bytes for a
+    string field with a flipped bit, and copying one into a new message (shape inference
+    does) raises UnicodeDecodeError: refuse the file here, by name, instead."""
+    graph = model.graph
+    typed = (*graph.input, *graph.output, *graph.value_info)
+    names = [model.producer_name, model.domain, graph.name]
+    names += [opset.domain for opset in model.opset_import]
+    names += [t.name for t in (*graph.initializer, *typed)]
+    names += [d.dim_param for v in typed for d in v.type.tensor_type.shape.dim]
+    for node in graph.node:
+        names += [node.op_type, node.domain, node.name, *node.input, *node.output]
+        names += [attr.name for attr in node.attribute]
+    bad = next((name for name in names if not isinstance(name, str)), None)
+    if bad is not None:
+        raise SourceError(
+            f"ONNX file {path}: the name {bad!r} is not valid UTF-8: the file is corrupt. "
+            "Re-export the model."
+        )
+
+
 def _check_nodes(graph: Any, path: Path) -> None:
     """Every default-domain node is a known operator with typed attributes: a corrupt op type
     would drop the layer silently, an untyped attribute read as None."""
     import onnx
 
-    names = [t.name for t in (*graph.initializer, *graph.input, *graph.output)]
-    for node in graph.node:
-        names += [node.op_type, node.domain, node.name, *node.input, *node.output]
-        names += [attr.name for attr in node.attribute]
-    if any(not isinstance(name, str) for name in names):  # protobuf gives bytes for bad UTF-8
-        bad = next(name for name in names if not isinstance(name, str))
-        raise SourceError(
-            f"ONNX file {path}: the name {bad!r} is not valid UTF-8: the file is corrupt. "
-            "Re-export the model."
-        )
     for node in graph.node:
         where = node.name or node.op_type
         if node.domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type):
