@@ -174,12 +174,13 @@ def _load_external_data(model: Any, path: Path) -> None:
 
 
 def _check_text(model: Any, path: Path) -> None:
-    """Every name the tool reads or copies is valid UTF-8. protobuf hands back bytes for a
-    string field with a flipped bit, and copying one into a new message (shape inference
-    does) raises UnicodeDecodeError: refuse the file here, by name, instead."""
+    """Every name the analysis reads or copies is valid UTF-8. protobuf hands back bytes for
+    a string field with a flipped bit, and copying one into a new message (shape inference
+    does) raises UnicodeDecodeError: refuse the file here, by name, instead. The producer
+    fields are only shown, decoded with replacement: a bad one does not stop the profile."""
     graph = model.graph
     typed = (*graph.input, *graph.output, *graph.value_info)
-    names = [model.producer_name, model.domain, graph.name]
+    names = [graph.name]
     names += [opset.domain for opset in model.opset_import]
     names += [t.name for t in (*graph.initializer, *typed)]
     names += [d.dim_param for v in typed for d in v.type.tensor_type.shape.dim]
