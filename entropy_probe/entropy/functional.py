@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from entropy_probe.entropy.logdet import sum_log_singular_values
+from entropy_probe.entropy.logdet import precise_dtype, sum_log_singular_values
 from entropy_probe.enums import LogDetMethod
 from entropy_probe.errors import ShapeError
 
@@ -38,6 +38,7 @@ __all__ = [
     "gaussian_spectral_shape",
     "paper_conv_delta_h",
     "precise",
+    "precise_dtype",
     "spectral_grid",
     "spectral_shape",
     "sum_log_singular_values",
@@ -46,7 +47,7 @@ __all__ = [
 
 def precise(t: Tensor) -> Tensor:
     """Return ``t`` as float64 (or complex128 when complex), keeping autograd and device."""
-    return t.to(torch.complex128 if t.is_complex() else torch.float64)
+    return t.to(precise_dtype(t))
 
 
 def spectral_shape(mats: Tensor) -> Tensor:

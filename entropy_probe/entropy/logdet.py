@@ -19,12 +19,18 @@ from torch import Tensor
 from entropy_probe.enums import LogDetMethod
 from entropy_probe.errors import ShapeError
 
-__all__ = ["rank_tolerance", "sum_log_singular_values"]
+__all__ = ["precise_dtype", "rank_tolerance", "sum_log_singular_values"]
 
 _EPS64 = torch.finfo(torch.float64).eps
 _POWER_STEPS = 8  # power iterations for the σ_min and σ_max estimates
 _SAFETY = 2.0  # how far an estimated σ_min must clear a threshold
 _ROUNDING_MARGIN = 4.0  # × the worst-case eigenvalue rounding before an inertia test counts
+
+
+def precise_dtype(t: Tensor) -> torch.dtype:
+    """The dtype every log-volume computation runs in: complex128 for complex ``t``, else
+    float64."""
+    return torch.complex128 if t.is_complex() else torch.float64
 
 
 def rank_tolerance(dtype: torch.dtype, m: int, n: int) -> float:
@@ -69,8 +75,7 @@ def sum_log_singular_values(
     # ``wide``: the k×l orientation with k ≤ l, stored contiguously (batched matmul on a
     # strided view is ~8× slower); its singular values are A's.
     wide = mats if m <= n else mats.mH
-    dtype = torch.complex128 if wide.is_complex() else torch.float64
-    wide = wide.to(dtype, memory_format=torch.contiguous_format).contiguous()
+    wide = wide.to(precise_dtype(wide), memory_format=torch.contiguous_format).contiguous()
     line_sq = _last_dims_norm(wide.detach(), 1) ** 2
     wide, line_sq, shift = _rescaled_if_extreme(wide, line_sq)
     if method is LogDetMethod.SVD:
@@ -278,18 +283,23 @@ def _last_dims_norm(x: Tensor, dims: int) -> Tensor:
     """The 2-norm over the last ``dims`` dimensions, as a real tensor. Complex input is read
     as its real pairs: torch's complex norm takes a modulus per entry, 30× slower."""
     flat = x.flatten(-dims) if dims > 1 else x
-    if flat.is_complex():  # a conjugate view has the same norm: drop the lazy conjugation
-        flat = torch.view_as_real(flat.conj() if flat.is_conj() else flat).flatten(-2)
+    if flat.is_complex():
+        flat = _real_pairs(flat).flatten(-2)
     norm: Tensor = torch.linalg.vector_norm(flat, dim=-1)
     return norm
+
+
+def _real_pairs(z: Tensor) -> Tensor:
+    """A complex tensor as its (real, imaginary) pairs, without a copy. A conjugate view is
+    read unconjugated: norms and the seed sum do not care about the sign of the imaginary
+    part, and ``view_as_real`` refuses a lazy conjugation."""
+    return torch.view_as_real(z.conj() if z.is_conj() else z)
 
 
 def _data_seed(values: Tensor, salt: int) -> int:
     """A generator seed from the float64 bits of Σ ``values`` and ``salt``: reproducible for
     the same input, and not something a matrix can be built to be orthogonal to."""
-    if values.is_complex():  # a conjugate view: any deterministic sum will do
-        values = torch.view_as_real(values.conj() if values.is_conj() else values)
-    total = values.sum()
+    total = (_real_pairs(values) if values.is_complex() else values).sum()
     (bits,) = struct.unpack("<Q", struct.pack("<d", float(total)))
     return int((bits ^ (salt * 0x9E3779B97F4A7C15)) & 0x7FFF_FFFF_FFFF_FFFF)
 

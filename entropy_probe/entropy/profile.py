@@ -191,7 +191,7 @@ def _evaluate_terms(
     ]
     workspace = _Workspace(device)
     for _, chunk in chunks:
-        workspace.reserve(_stack_shape([piece for _, piece in chunk]), _precise_dtype(chunk))
+        workspace.reserve(_stack_shape([piece for _, piece in chunk]), F.precise_dtype(chunk[0][1]))
     for dtype, chunk in chunks:
         keys = [key for key, piece in chunk for _ in range(piece.shape[0])]
         batch = _stacked_precise([piece for _, piece in chunk], device, workspace)
@@ -220,10 +220,6 @@ def _chunks(group: Sequence[tuple[int, Tensor]]) -> list[list[tuple[int, Tensor]
             batches[-1].append((key, piece.mH if m > n else piece))
             filled += piece.shape[0]
     return batches
-
-
-def _precise_dtype(chunk: Sequence[tuple[int, Tensor]]) -> torch.dtype:
-    return torch.complex128 if chunk[0][1].is_complex() else torch.float64
 
 
 def _stack_shape(pieces: Sequence[Tensor]) -> tuple[int, ...]:
@@ -261,7 +257,7 @@ def _stacked_precise(
     ``workspace``: one copy per piece that converts dtype and layout at once (cat, then a
     conversion, was two passes), none for a lone piece that already is one."""
     first = pieces[0]
-    dtype = torch.complex128 if first.is_complex() else torch.float64
+    dtype = F.precise_dtype(first)
     if len(pieces) == 1 and first.dtype == dtype and first.device == device:
         return first.contiguous()  # e.g. a BatchNorm-folded piece: already float64, no copy
     out = workspace.take(_stack_shape(pieces), dtype)

@@ -94,7 +94,7 @@ def _scaled_wide_contiguous(mats: Tensor, factor: Tensor) -> Tensor:
     """``mats · factor`` in float64, laid out so that the wide orientation (rows ≤ cols) is
     contiguous: the profile batches tall matrices transposed, and copying a contiguous block
     is ~10× faster than a transposing copy (the conversion does the one strided read)."""
-    dtype = torch.complex128 if mats.is_complex() else torch.float64
+    dtype = F.precise_dtype(mats)
     if mats.shape[-2] <= mats.shape[-1]:
         return mats.to(dtype, memory_format=torch.contiguous_format, copy=True).mul_(factor)
     wide = torch.empty(mats.mT.shape, dtype=dtype, device=mats.device)
