@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import weakref
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from entropy_probe.entropy.profile import Profile, compute_profile
 from entropy_probe.enums import Status
 from entropy_probe.errors import ShapeError, SourceError
 from entropy_probe.plugins import PluginRegistry, build_registry
-from entropy_probe.walk.module_walker import walk_module
+from entropy_probe.walk.module_walker import _ConsumerCounter, walk_module
 from entropy_probe.walk.records import LayerRecord
 
 from .fixtures import CASES, CASES_BY_NAME, RAISING, Case
@@ -184,6 +185,42 @@ def test_bn_after_an_inplace_activation_is_not_folded(registry: PluginRegistry) 
     conv, bn = records
     assert conv.folded_batchnorm is None
     assert bn.folded_into is None
+
+
+def test_the_pass_does_not_keep_layer_outputs_alive(registry: PluginRegistry) -> None:
+    """Watched conv outputs are freed as in a plain forward (holding them all alive made the
+    pass page-fault fresh memory for every activation), and the fold is still decided."""
+    first_output: list[weakref.ref[torch.Tensor]] = []
+    alive_at_the_end: list[bool] = []
+
+    class Probe(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            alive_at_the_end.append(first_output[0]() is not None)
+            return x
+
+    model = nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 3, 1), Probe()
+    ).eval()
+    model[0].register_forward_hook(lambda _m, _i, out: first_output.append(weakref.ref(out)))
+    records = walk_module(model, (2, 5, 5), registry)
+    assert alive_at_the_end == [False]
+    assert records[0].folded_batchnorm == "1"
+
+
+def test_a_reused_id_is_not_counted_for_a_freed_output() -> None:
+    """CPython reuses a freed tensor's id at once: reads of the new tensor must not count as
+    reads of the freed one (the count would then block a valid fold, or allow a wrong one)."""
+    counter = _ConsumerCounter()
+    first = torch.ones(3)
+    freed_id = id(first)
+    uses = counter.watch(first)
+    del first
+    newcomers = [torch.zeros(3) for _ in range(64)]
+    assert any(id(t) == freed_id for t in newcomers)  # the id really was reused
+    with counter:
+        for t in newcomers:
+            torch.add(t, 1)
+    assert uses == [0]
 
 
 def test_bn_without_running_stats_is_skipped(registry: PluginRegistry) -> None:
