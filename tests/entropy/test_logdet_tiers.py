@@ -223,6 +223,26 @@ def test_extreme_float64_scales_keep_their_value(scale: float) -> None:
         )
 
 
+@pytest.mark.parametrize("scale", [1e-300, 1e300])
+def test_extreme_scales_in_a_mixed_batch_complex_and_negative(scale: float) -> None:
+    # The largest magnitude of each extreme member is found without an |A| copy: a negative
+    # largest entry, complex members (scaled by their largest real or imaginary part) and an
+    # all-zero member (nothing to scale: rank deficient) in one batch.
+    A = with_singular_values([2.0, 1.0, 0.5, 0.25], 4, 6, seed=32)
+    A = -A.abs() / A.abs().amax()  # largest magnitude on a negative entry
+    unit = float(F.sum_log_singular_values(A, "svd"))
+    expected = unit + 4 * math.log(scale)
+    real = torch.stack([A * scale, torch.zeros_like(A), A])
+    got = F.sum_log_singular_values(real)
+    assert float(got[0]) == pytest.approx(expected, rel=1e-12)
+    assert math.isinf(float(got[1])) and float(got[1]) < 0
+    assert float(got[2]) == pytest.approx(unit, abs=1e-12)
+    phase = complex(math.cos(0.3), math.sin(0.3))  # |phase| = 1: same singular values
+    complex_batch = real.to(torch.complex128) * phase
+    got_complex = F.sum_log_singular_values(complex_batch)
+    torch.testing.assert_close(got_complex, got, rtol=1e-12, atol=1e-12)
+
+
 def test_a_start_vector_orthogonal_to_the_top_direction_does_not_fool_sigma_max() -> None:
     # Built against the fixed start the σ_max power iteration used to have (seed 1): with
     # the top singular vector orthogonal to it, the estimate was σ_2 = σ_1/3 and a matrix the
