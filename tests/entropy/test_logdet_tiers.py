@@ -61,6 +61,51 @@ def test_blocked_gram_gradient_matches_one_matmul() -> None:
     torch.testing.assert_close(grad_blocked, grad_plain, rtol=1e-12, atol=1e-10)
 
 
+@pytest.mark.parametrize("k", [1, 127, 128, 129, 300])
+def test_lower_only_gram_has_the_full_lower_triangle(k: int) -> None:
+    rows = randn(3, k, 50, seed=k)
+    torch.testing.assert_close(
+        torch.tril(L._row_gram(rows, lower_only=True)),
+        torch.tril(rows @ rows.mT),
+        rtol=1e-13,
+        atol=1e-12,
+    )
+
+
+def test_verdict_reads_only_the_lower_triangle(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every tier (accepted outright, σ_max estimate, inertia tests, deficient) gives the same
+    # verdict when the Gram's upper part is garbage, as with the lower-only Gram.
+    tol = L.rank_tolerance(torch.float32, 128, 128)
+    near = []
+    for i, factor in enumerate([0.5, 0.9, 1.1, 2.0, 3.0]):  # σ_min = factor·tol·σ_max
+        sv = torch.logspace(0, -1, 128, dtype=F64)
+        sv[-1] = factor * tol
+        near.append(with_singular_values(sv.tolist(), 128, 128, seed=60 + i))
+    gen = torch.Generator().manual_seed(5)
+    healthy = torch.linalg.qr(torch.randn(2, 128, 128, generator=gen, dtype=F64)).Q
+    mats = torch.cat([torch.stack(near), healthy])
+    mats[-1, 3] = 0.0  # a zero row: deficient
+    gram = mats @ mats.mT
+    chol, info = torch.linalg.cholesky_ex(gram)
+    inertia_batches: list[int] = []
+    inertia = L._inertia_verdict
+
+    def spy(gram: torch.Tensor, *args: torch.Tensor | float) -> L._Verdict:
+        inertia_batches.append(gram.shape[0])
+        return inertia(gram, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(L, "_inertia_verdict", spy)
+    full = L._gram_verdict(gram, chol, info, tol, 128)
+    assert inertia_batches and inertia_batches[0] > 0  # the inertia tier is exercised
+    garbage = gram.clone()
+    upper = torch.triu_indices(128, 128, 1)
+    garbage[:, upper[0], upper[1]] = float("nan")
+    lower = L._gram_verdict(garbage, chol, info, tol, 128)
+    assert bool(full.accepted[-2]) and bool(full.deficient[-1])
+    for got, expected in zip(lower, full, strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
 def test_well_conditioned_needs_only_cholesky(monkeypatch: pytest.MonkeyPatch) -> None:
     sv = [2.0, 1.0, 0.5, 0.25]
     A = with_singular_values(sv, 6, 4, seed=1)
@@ -183,9 +228,9 @@ def test_a_short_row_is_deficient_before_any_gram(monkeypatch: pytest.MonkeyPatc
     grams: list[int] = []
     row_gram = L._row_gram
 
-    def spy(rows: torch.Tensor) -> torch.Tensor:
+    def spy(rows: torch.Tensor, *, lower_only: bool = False) -> torch.Tensor:
         grams.append(rows.shape[0])
-        return row_gram(rows)
+        return row_gram(rows, lower_only=lower_only)
 
     monkeypatch.setattr(L, "_row_gram", spy)
     A = torch.stack([zero_row, healthy]).requires_grad_(True)
