@@ -9,6 +9,7 @@ tier answered by making the later ones unavailable.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -69,6 +70,33 @@ def test_lower_only_gram_has_the_full_lower_triangle(k: int) -> None:
         torch.tril(rows @ rows.mT),
         rtol=1e-13,
         atol=1e-12,
+    )
+
+
+@pytest.mark.parametrize("k", [256, 511, 512, 1024])
+def test_power_of_two_grams_are_factored_padded_with_the_same_factor(
+    k: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # MKL's Cholesky is slow for k a multiple of 256: G ⊕ I₈ is factored instead, and its
+    # leading block is G's factor, handed on compact and column-major as LAPACK returns it.
+    rows = randn(2, k, k + 40, seed=k)
+    factored: list[int] = []
+    cholesky_ex = torch.linalg.cholesky_ex
+
+    def spy(gram: torch.Tensor) -> Any:
+        factored.append(gram.shape[-1])
+        return cholesky_ex(gram)
+
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", spy)
+    gram, chol, info = L._lower_gram_cholesky(rows)
+    assert factored == [k + 8 if k % 512 == 0 else k]
+    expected = rows @ rows.mT
+    torch.testing.assert_close(torch.tril(gram), torch.tril(expected), rtol=1e-13, atol=1e-12)
+    torch.testing.assert_close(chol, torch.linalg.cholesky(expected), rtol=1e-12, atol=1e-12)
+    assert chol.shape == (2, k, k) and chol.mT.is_contiguous()
+    assert bool((info == 0).all())
+    torch.testing.assert_close(
+        F.sum_log_singular_values(rows), F.sum_log_singular_values(rows, "svd"), rtol=1e-12, atol=0
     )
 
 
@@ -228,9 +256,9 @@ def test_a_short_row_is_deficient_before_any_gram(monkeypatch: pytest.MonkeyPatc
     grams: list[int] = []
     row_gram = L._row_gram
 
-    def spy(rows: torch.Tensor, *, lower_only: bool = False) -> torch.Tensor:
+    def spy(rows: torch.Tensor, **options: Any) -> torch.Tensor:
         grams.append(rows.shape[0])
-        return row_gram(rows, lower_only=lower_only)
+        return row_gram(rows, **options)
 
     monkeypatch.setattr(L, "_row_gram", spy)
     A = torch.stack([zero_row, healthy]).requires_grad_(True)
