@@ -22,11 +22,17 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from entropy_probe.entropy.logdet import precise_dtype, sum_log_singular_values
+from entropy_probe.entropy.logdet import (
+    LogVolume,
+    precise_dtype,
+    sum_log_and_sum_sq,
+    sum_log_singular_values,
+)
 from entropy_probe.enums import LogDetMethod
 from entropy_probe.errors import ShapeError
 
 __all__ = [
+    "LogVolume",
     "batchnorm_log_volume",
     "batchnorm_scale",
     "conv_first_tap_matrices",
@@ -41,6 +47,7 @@ __all__ = [
     "precise_dtype",
     "spectral_grid",
     "spectral_shape",
+    "sum_log_and_sum_sq",
     "sum_log_singular_values",
 ]
 

@@ -19,7 +19,13 @@ from torch import Tensor
 from entropy_probe.enums import LogDetMethod
 from entropy_probe.errors import ShapeError
 
-__all__ = ["precise_dtype", "rank_tolerance", "sum_log_singular_values"]
+__all__ = [
+    "LogVolume",
+    "precise_dtype",
+    "rank_tolerance",
+    "sum_log_and_sum_sq",
+    "sum_log_singular_values",
+]
 
 _EPS64 = torch.finfo(torch.float64).eps
 _POWER_STEPS = 8  # power iterations for the σ_min and σ_max estimates
@@ -42,13 +48,32 @@ def rank_tolerance(dtype: torch.dtype, m: int, n: int) -> float:
     return max(m, n) * min(eps, torch.finfo(torch.float32).eps)
 
 
+class LogVolume(NamedTuple):
+    """Σ log σ_i and Σ σ_i² of each matrix of a batch."""
+
+    sum_log: Tensor
+    sum_sq: Tensor  # ‖A‖_F², from the row norms the routine reads anyway; no gradient
+
+
 def sum_log_singular_values(
     mats: Tensor,
     method: LogDetMethod | str = LogDetMethod.AUTO,
     *,
     tolerance_dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """Σ_i log σ_i over the last two dimensions of a batch of matrices.
+    """Σ_i log σ_i over the last two dimensions of a batch of matrices (see
+    :func:`sum_log_and_sum_sq`, whose first part it is)."""
+    return sum_log_and_sum_sq(mats, method, tolerance_dtype=tolerance_dtype).sum_log
+
+
+def sum_log_and_sum_sq(
+    mats: Tensor,
+    method: LogDetMethod | str = LogDetMethod.AUTO,
+    *,
+    tolerance_dtype: torch.dtype | None = None,
+) -> LogVolume:
+    """Σ_i log σ_i, and Σ_i σ_i² without a second pass over the batch, over the last two
+    dimensions of a batch of matrices.
 
     ``mats`` has shape ``(..., m, n)``; the result has shape ``(...)`` in float64. The sum runs
     over the min(m, n) singular values. A matrix that is numerically rank deficient
@@ -77,21 +102,22 @@ def sum_log_singular_values(
     wide = mats if m <= n else mats.mH
     wide = wide.to(precise_dtype(wide), memory_format=torch.contiguous_format).contiguous()
     line_sq = _last_dims_norm(wide.detach(), 1) ** 2
+    sum_sq = line_sq.sum(-1)
     wide, line_sq, shift = _rescaled_if_extreme(wide, line_sq)
     if method is LogDetMethod.SVD:
-        return _svd_sum_log(wide, tol) + shift
+        return LogVolume(_svd_sum_log(wide, tol) + shift, sum_sq)
     if method is LogDetMethod.CHOLESKY:
-        return _gram_sum_log(wide, method, tol) + shift
+        return LogVolume(_gram_sum_log(wide, method, tol) + shift, sum_sq)
     # A row (column) of A shorter than tol × the longest is rank deficiency outright
     # (σ_min ≤ the shortest, σ_max ≥ the longest: e.g. a BatchNorm with γ = 0 folded in, which
     # timm's zero-init puts in every residual block): settled before any Gram is formed.
     outright = line_sq.amin(-1) <= tol**2 * line_sq.amax(-1)
     if not bool(outright.any()):
-        return _gram_sum_log(wide, method, tol) + shift
+        return LogVolume(_gram_sum_log(wide, method, tol) + shift, sum_sq)
     out = torch.full(wide.shape[:-2], -math.inf, dtype=torch.float64, device=wide.device)
     if not bool(outright.all()):
         out[~outright] = _gram_sum_log(wide[~outright], method, tol)
-    return out + shift
+    return LogVolume(out + shift, sum_sq)
 
 
 # Squared row norms outside this range would overflow or underflow in the Gram (float64).

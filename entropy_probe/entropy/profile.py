@@ -195,8 +195,8 @@ def _evaluate_terms(
     for dtype, chunk in chunks:
         keys = [key for key, piece in chunk for _ in range(piece.shape[0])]
         batch = _stacked_precise([piece for _, piece in chunk], device, workspace)
-        logs = F.sum_log_singular_values(batch, tolerance_dtype=dtype).cpu().tolist()
-        sqs = (torch.linalg.vector_norm(batch, dim=(-2, -1)) ** 2).cpu().tolist()
+        volume = F.sum_log_and_sum_sq(batch, tolerance_dtype=dtype)
+        logs, sqs = volume.sum_log.cpu().tolist(), volume.sum_sq.cpu().tolist()
         for key, log_value, sq in zip(keys, logs, sqs, strict=True):
             out[key][0] += log_value
             out[key][1] += sq

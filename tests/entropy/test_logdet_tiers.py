@@ -316,6 +316,26 @@ def test_extreme_scales_in_a_mixed_batch_complex_and_negative(scale: float) -> N
     torch.testing.assert_close(got_complex, got, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("shape", [(3, 4, 6), (3, 6, 4)])
+@pytest.mark.parametrize("complex_", [False, True])
+def test_sum_sq_is_the_squared_frobenius_norm_of_the_input(
+    shape: tuple[int, int, int], complex_: bool
+) -> None:
+    A = randn(*shape, seed=8)
+    if complex_:
+        A = torch.complex(A, randn(*shape, seed=9))
+    A[1] = A[1] * 1e150  # rescaled inside (squared norms beyond 2^800): Σσ² is still A's own
+    A[2] = 0.0  # rank deficient outright
+    volume = L.sum_log_and_sum_sq(A)
+    torch.testing.assert_close(
+        volume.sum_sq, torch.linalg.vector_norm(A, dim=(-2, -1)) ** 2, rtol=1e-14, atol=0
+    )
+    torch.testing.assert_close(volume.sum_log, F.sum_log_singular_values(A), rtol=0, atol=0)
+    for method in ("svd", "cholesky"):
+        sub = A[:2]
+        torch.testing.assert_close(L.sum_log_and_sum_sq(sub, method).sum_sq, volume.sum_sq[:2])
+
+
 def test_a_start_vector_orthogonal_to_the_top_direction_does_not_fool_sigma_max() -> None:
     # Built against the fixed start the σ_max power iteration used to have (seed 1): with
     # the top singular vector orthogonal to it, the estimate was σ_2 = σ_1/3 and a matrix the
