@@ -428,8 +428,9 @@ def _row_gram(rows: Tensor, *, lower_only: bool = False, pad: int = 0) -> Tensor
 def _hermitian_from_lower(lower: Tensor) -> Tensor:
     """The full Hermitian matrices whose lower triangles ``lower`` holds (its upper part is
     ignored: a lower-only Gram)."""
-    strictly_lower = torch.tril(lower, -1)
-    return torch.tril(lower) + strictly_lower.mH
+    k = lower.shape[-1]
+    on_or_below = torch.ones(k, k, dtype=torch.bool, device=lower.device).tril_()
+    return torch.where(on_or_below, lower, lower.mH)
 
 
 def _qr_sum_log(wide: Tensor, tol: float, sigma_max: Tensor) -> Tensor:
