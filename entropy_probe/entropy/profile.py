@@ -7,7 +7,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -159,6 +159,9 @@ class _Pending:
     terms: PaperTerms
     raw_terms: PaperTerms | None = None
     fold_scale: Tensor | None = None
+    # the BatchNorm fold still to be multiplied into ``terms.matrices`` (LayerRule.fold_factor),
+    # applied while they are copied into their float64 batch; None: nothing left to apply
+    fold_factor: Tensor | None = None
 
     def effective_weight(self) -> Tensor | None:
         """The whole kernel with the BatchNorm folded in (only the spectral method needs it)."""
@@ -167,22 +170,33 @@ class _Pending:
         return self.rule.fold(self.record, self.weight, self.fold_scale)
 
 
-def _evaluate_terms(
-    items: Sequence[tuple[PaperTerms, int, torch.dtype]], device: torch.device
-) -> dict[int, tuple[float, float]]:
+class _Item(NamedTuple):
+    terms: PaperTerms
+    key: int
+    dtype: torch.dtype  # of the stored weights: its precision sets the rank tolerance
+    fold_factor: Tensor | None = None  # still to be multiplied into terms.matrices
+
+
+class _Piece(NamedTuple):
+    key: int
+    mats: Tensor  # (batch, rows, cols) in the wide orientation (rows ≤ cols), any dtype
+    factor: Tensor | None  # broadcast against ``mats``, multiplied in while batching
+
+
+def _evaluate_terms(items: Sequence[_Item], device: torch.device) -> dict[int, tuple[float, float]]:
     """Σ log σ and Σ σ² per item, with all matrices of one shape decomposed in one batched call.
 
-    ``items`` are (terms, key, dtype of the stored weights — whose precision sets the rank
-    tolerance, even when a BatchNorm fold made the matrices float64); the result maps
-    key → (sum_log, sum_sq).
+    The dtype of an item's stored weights sets the rank tolerance, even when a BatchNorm fold
+    makes the matrices float64; the result maps key → (sum_log, sum_sq).
     """
-    by_shape: dict[tuple[int, int, torch.dtype], list[tuple[int, Tensor]]] = defaultdict(list)
+    by_shape: dict[tuple[int, int, torch.dtype], list[_Item]] = defaultdict(list)
     out: dict[int, list[float]] = {}
-    for terms, key, dtype in items:
+    for item in items:
+        terms, key, dtype = item.terms, item.key, item.dtype
         out[key] = [0.0, 0.0]
         if terms.matrices is not None:
             mats = terms.matrices
-            by_shape[(mats.shape[-2], mats.shape[-1], dtype)].append((key, mats))
+            by_shape[(mats.shape[-2], mats.shape[-1], dtype)].append(item)
         else:
             assert terms.value is not None and terms.sq_norm is not None
             out[key] = [float(terms.value), float(terms.sq_norm)]
@@ -191,10 +205,10 @@ def _evaluate_terms(
     ]
     workspace = _Workspace(device)
     for _, chunk in chunks:
-        workspace.reserve(_stack_shape([piece for _, piece in chunk]), F.precise_dtype(chunk[0][1]))
+        workspace.reserve(_stack_shape(chunk), F.precise_dtype(chunk[0].mats))
     for dtype, chunk in chunks:
-        keys = [key for key, piece in chunk for _ in range(piece.shape[0])]
-        batch = _stacked_precise([piece for _, piece in chunk], device, workspace)
+        keys = [piece.key for piece in chunk for _ in range(piece.mats.shape[0])]
+        batch = _stacked_precise(chunk, device, workspace)
         volume = F.sum_log_and_sum_sq(batch, tolerance_dtype=dtype)
         logs, sqs = volume.sum_log.cpu().tolist(), volume.sum_sq.cpu().tolist()
         for key, log_value, sq in zip(keys, logs, sqs, strict=True):
@@ -203,27 +217,37 @@ def _evaluate_terms(
     return {key: (vals[0], vals[1]) for key, vals in out.items()}
 
 
-def _chunks(group: Sequence[tuple[int, Tensor]]) -> list[list[tuple[int, Tensor]]]:
-    """A shape group's (key, matrices) cut into batches of at most ``_BATCH_BYTES`` of float64,
+def _chunks(group: Sequence[_Item]) -> list[list[_Piece]]:
+    """A shape group's matrices cut into batches of at most ``_BATCH_BYTES`` of float64,
     each piece in the wide orientation (Aᴴ has A's singular values; the Gram product wants
     rows ≤ columns). Float64 copies of a whole group at once would cost 2× a large model's
     weights (vit_large: +2.4 GB); the batches bound the memory and keep the batching."""
-    m, n = group[0][1].shape[-2:]
+    assert group[0].terms.matrices is not None
+    m, n = group[0].terms.matrices.shape[-2:]
     per_batch = max(1, _BATCH_BYTES // (8 * m * n))
-    batches: list[list[tuple[int, Tensor]]] = [[]]
+    batches: list[list[_Piece]] = [[]]
     filled = 0  # matrices in the last batch
-    for key, mats in group:
-        for piece in torch.split(mats.detach(), per_batch):
+    for item in group:
+        assert item.terms.matrices is not None
+        mats = torch.split(item.terms.matrices.detach(), per_batch)
+        factors = (
+            torch.split(item.fold_factor, per_batch)
+            if item.fold_factor is not None
+            else (None,) * len(mats)
+        )
+        for piece, factor in zip(mats, factors, strict=True):
             if filled + piece.shape[0] > per_batch:
                 batches.append([])
                 filled = 0
-            batches[-1].append((key, piece.mH if m > n else piece))
+            if m > n:
+                piece, factor = piece.mH, (factor.mT if factor is not None else None)
+            batches[-1].append(_Piece(item.key, piece, factor))
             filled += piece.shape[0]
     return batches
 
 
-def _stack_shape(pieces: Sequence[Tensor]) -> tuple[int, ...]:
-    return (sum(p.shape[0] for p in pieces), *pieces[0].shape[1:])
+def _stack_shape(pieces: Sequence[_Piece]) -> tuple[int, ...]:
+    return (sum(p.mats.shape[0] for p in pieces), *pieces[0].mats.shape[1:])
 
 
 class _Workspace:
@@ -250,21 +274,31 @@ class _Workspace:
 
 
 def _stacked_precise(
-    pieces: Sequence[Tensor], device: torch.device, workspace: _Workspace
+    pieces: Sequence[_Piece], device: torch.device, workspace: _Workspace
 ) -> Tensor:
     """``pieces`` (batches of equal-shape matrices, any dtype, strided views allowed)
     concatenated as one contiguous float64 (complex128) batch on ``device``, in
     ``workspace``: one copy per piece that converts dtype and layout at once (cat, then a
-    conversion, was two passes), none for a lone piece that already is one."""
-    first = pieces[0]
+    conversion, was two passes), and the piece's BatchNorm factor multiplied in place (a fold
+    written on its own, then copied here, was a third pass: 35 ms of ResNet-50's profile);
+    none for a lone piece that already is one."""
+    first = pieces[0].mats
     dtype = F.precise_dtype(first)
-    if len(pieces) == 1 and first.dtype == dtype and first.device == device:
-        return first.contiguous()  # e.g. a BatchNorm-folded piece: already float64, no copy
+    if (
+        len(pieces) == 1
+        and pieces[0].factor is None
+        and first.dtype == dtype
+        and first.device == device
+    ):
+        return first.contiguous()
     out = workspace.take(_stack_shape(pieces), dtype)
     start = 0
     for piece in pieces:
-        _copy_transposing_in_tiles(out[start : start + piece.shape[0]], piece)
-        start += piece.shape[0]
+        target = out[start : start + piece.mats.shape[0]]
+        _copy_transposing_in_tiles(target, piece.mats)
+        if piece.factor is not None:
+            target.mul_(piece.factor.to(device))
+        start += piece.mats.shape[0]
     return out
 
 
@@ -334,21 +368,27 @@ def compute_profile(
         scale = F.batchnorm_scale(bn.running_var, bn.weight, bn.eps) if bn is not None else None
         try:
             terms = rule.paper_terms(record, weight if weight is not None else torch.empty(0))
-            raw_terms = None
+            raw_terms = factor = None
             if scale is not None:  # fold the first-tap matrices only; the kernel lazily
-                raw_terms, terms = terms, rule.fold_terms(record, terms, scale)
+                raw_terms = terms
+                if type(rule).fold_terms is LayerRule.fold_terms:  # by fold_factor: deferred
+                    factor = rule.fold_factor(record, terms, scale)
+                else:
+                    terms = rule.fold_terms(record, terms, scale)
         except EntropyProbeError as exc:
             finished[index] = replace(base, status=Status.SKIPPED, reason=str(exc))
             continue
-        pending[index] = _Pending(record, rule, weight, terms, raw_terms, scale)
+        pending[index] = _Pending(record, rule, weight, terms, raw_terms, scale, factor)
 
     # The unfolded value: exact from the folded one when the BatchNorm scales the smaller side
     # of every matrix (det(S·G·S) = det(S)²·det(G) for the smaller Gram G). Where it scales the
     # larger side the unfolded matrices are decomposed too, batched with the folded ones of the
     # same shape; where the folded map turns out singular, in a second batched call.
-    items = [(p.terms, 2 * i, _stored_dtype(p.record)) for i, p in pending.items()]
+    items = [
+        _Item(p.terms, 2 * i, _stored_dtype(p.record), p.fold_factor) for i, p in pending.items()
+    ]
     items += [
-        (p.raw_terms, 2 * i + 1, _stored_dtype(p.record))
+        _Item(p.raw_terms, 2 * i + 1, _stored_dtype(p.record))
         for i, p in pending.items()
         if p.raw_terms is not None and not _raw_derivable(p)
     ]
@@ -361,7 +401,7 @@ def compute_profile(
         if math.isfinite(folded_sum_log):
             values[2 * i + 1] = (folded_sum_log - _log_abs_det_scale(p), math.nan)
         else:
-            raw_direct.append((p.raw_terms, 2 * i + 1, _stored_dtype(p.record)))
+            raw_direct.append(_Item(p.raw_terms, 2 * i + 1, _stored_dtype(p.record)))
     values.update(_evaluate_terms(raw_direct, dev))
 
     with_weight = sum(1 for p in pending.values() if p.weight is not None)

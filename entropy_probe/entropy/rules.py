@@ -68,9 +68,18 @@ class LayerRule(ABC):
 
     def fold_terms(self, record: LayerRecord, terms: PaperTerms, scale: Tensor) -> PaperTerms:
         """``terms`` of the weight with a BatchNorm ``scale`` folded in, without refolding the
-        whole kernel: the matrices' output-channel axis (rows; columns for the ConvTranspose
-        layout) is scaled, group-major. Override when a rule lays its matrices out otherwise.
+        whole kernel: ``terms.matrices`` times :meth:`fold_factor`. Override that (or this)
+        when a rule lays its matrices out otherwise.
         """
+        factor = self.fold_factor(record, terms, scale)
+        assert terms.matrices is not None  # fold_factor checked it
+        return replace(terms, matrices=_scaled_wide_contiguous(terms.matrices, factor))
+
+    def fold_factor(self, record: LayerRecord, terms: PaperTerms, scale: Tensor) -> Tensor:
+        """The float64 factor that, multiplied into ``terms.matrices`` (broadcast), folds a
+        BatchNorm ``scale`` in: the output-channel axis (rows; columns for the ConvTranspose
+        layout) is scaled, group-major. The profile applies it while it copies the matrices
+        into their float64 batch, so the folded matrices are never written twice."""
         if terms.matrices is None:
             raise UnsupportedLayerError(f"layer {record.name!r} has no matrices to fold into")
         mats = terms.matrices
@@ -79,10 +88,9 @@ class LayerRule(ABC):
         if scale.numel() != channels:
             raise ShapeError(f"BatchNorm has {scale.numel()} channels, the layer {channels}")
         # (groups, rows, cols): scale each group's rows (its columns in the ConvTranspose layout)
-        factor = F.precise(scale.to(mats.device)).reshape(
+        return F.precise(scale.to(mats.device)).reshape(
             (groups, 1, cols) if self.transposed else (groups, rows, 1)
         )
-        return replace(terms, matrices=_scaled_wide_contiguous(mats, factor))
 
     def check(self, record: LayerRecord) -> None:
         """Raise UnsupportedLayerError when the record does not fit this rule."""

@@ -3,10 +3,12 @@ singular layers, strict JSON, BatchNorm folding in the total, depth, skipped rec
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
 import sys
+from typing import Any
 
 import pytest
 import torch
@@ -20,6 +22,7 @@ from entropy_probe.entropy.profile import (
     compute_profile,
     resolve_device,
 )
+from entropy_probe.entropy.rules import LayerRule
 from entropy_probe.enums import ConvMethod, Status
 from entropy_probe.errors import EntropyProbeError
 from entropy_probe.plugins import PluginRegistry, build_registry
@@ -478,3 +481,54 @@ def test_cuda_matches_cpu(model: nn.Sequential, registry: PluginRegistry, profil
     for a, b in zip(gpu.layers, profile.layers, strict=True):
         assert a.delta_h == pytest.approx(b.delta_h, rel=1e-8)
         assert a.delta_h_spectral == pytest.approx(b.delta_h_spectral, rel=1e-8)
+
+
+def test_batchnorm_fold_applied_while_batching_equals_the_eager_fold(
+    registry: PluginRegistry,
+) -> None:
+    # The engine multiplies a default rule's fold_factor in while it copies the matrices into
+    # their float64 batch; a rule overriding fold_terms is folded eagerly. Same-shape layers
+    # share a batch (tall, wide, grouped and ConvTranspose ones): the values are identical.
+    torch.manual_seed(7)
+    model = nn.Sequential(
+        nn.Conv2d(4, 8, 1),
+        nn.BatchNorm2d(8),  # tall, twice: one batch
+        nn.Conv2d(8, 8, 1, groups=2),
+        nn.BatchNorm2d(8),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ConvTranspose2d(8, 6, 1),
+        nn.BatchNorm2d(6),
+        nn.Conv2d(6, 8, 1),
+        nn.BatchNorm2d(8),  # tall, with the first
+        nn.Conv2d(8, 3, 1),
+        nn.BatchNorm2d(3),  # wide
+        nn.Conv2d(3, 3, 1),
+        nn.BatchNorm2d(3),
+    ).eval()
+    for i, bn in enumerate(m for m in model if isinstance(m, nn.BatchNorm2d)):
+        _randomise_bn(bn, 10 + i)
+    records = walk_module(model, (4, 5, 5), registry)
+    assert sum(r.folded_batchnorm is not None for r in records) == 7
+
+    class EagerRules:
+        def get(self, kind: str) -> LayerRule:
+            rule = registry.rules.get(kind)
+            eager = copy.copy(rule)
+            eager.__class__ = type(
+                f"Eager{type(rule).__name__}",
+                (type(rule),),
+                {"fold_terms": lambda self, *args: LayerRule.fold_terms(self, *args)},
+            )
+            return eager
+
+    options: dict[str, Any] = {"source": "x", "format": "torch", "input_shape": (4, 5, 5)}
+    deferred = compute_profile(records, registry.rules, **options)
+    eager = compute_profile(records, EagerRules(), **options)
+    for got, expected in zip(deferred.layers, eager.layers, strict=True):
+        assert (got.delta_h, got.delta_h_raw, got.spectral_shape) == (
+            expected.delta_h,
+            expected.delta_h_raw,
+            expected.spectral_shape,
+        ), got.name
+    assert all(math.isfinite(layer.delta_h or 0.0) for layer in deferred.layers)
