@@ -276,6 +276,43 @@ def test_a_short_row_is_deficient_before_any_gram(monkeypatch: pytest.MonkeyPatc
     assert bool(torch.isinf(F.sum_log_singular_values(zero_row[None])).all())
 
 
+def test_runs_of_a_mask() -> None:
+    mask = torch.tensor([True, True, False, True, False, False, True])
+    assert L._runs(mask) == [(0, 2), (3, 4), (6, 7)]
+    assert L._runs(torch.tensor([False, False])) == []
+
+
+@pytest.mark.parametrize(
+    "deficient", [[1, 2], [0, 3, 5, 7, 9, 11], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]
+)
+def test_members_left_after_short_rows_get_their_values_and_gradients(
+    deficient: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Members left after the short-row check go on as slices of the batch (no copy) when
+    # they form at most 4 runs, as one copied batch otherwise: the same values either way.
+    mats = torch.stack([randn(4, 7, seed=70 + i) for i in range(12)])
+    mats[deficient, 2] = 0.0
+    mats.requires_grad_(True)
+    calls: list[bool] = []
+    gram_sum_log = L._gram_sum_log
+
+    def spy(wide: torch.Tensor, *args: Any) -> torch.Tensor:
+        calls.append(wide.untyped_storage().data_ptr() == mats.untyped_storage().data_ptr())
+        return gram_sum_log(wide, *args)
+
+    monkeypatch.setattr(L, "_gram_sum_log", spy)
+    got = F.sum_log_singular_values(mats)
+    expected = F.sum_log_singular_values(mats.detach(), "svd")
+    torch.testing.assert_close(got.detach(), expected, rtol=1e-12, atol=0)
+    runs = L._runs(torch.isfinite(expected))
+    assert calls == ([True] * len(runs) if len(runs) <= 4 else [False])
+    (grad,) = torch.autograd.grad(got[torch.isfinite(got)].sum(), mats)
+    healthy = [i for i in range(12) if i not in deficient]
+    for i in healthy:
+        torch.testing.assert_close(grad[i], torch.linalg.pinv(mats[i].detach()).mT)
+    assert bool((grad[deficient] == 0).all())
+
+
 @pytest.mark.parametrize("scale", [1e-310, 1e-300, 1e-170, 1e160, 1e300, 1e308])
 def test_extreme_float64_scales_keep_their_value(scale: float) -> None:
     # Squared row norms (and the Gram, and the SVD's internals) would underflow to a false
