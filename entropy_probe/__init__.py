@@ -3,6 +3,9 @@
 Public API (everything else is internal)::
 
     from entropy_probe import profile, load_model, Profile, LayerEntropy
+
+A thread that profiles keeps up to 256 MiB of scratch memory for its next profile
+(``release_scratch_memory()`` frees it).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ __version__ = "0.1.0"
 
 from entropy_probe.api import profile as profile
 from entropy_probe.api import profile_loaded as profile_loaded
+from entropy_probe.entropy._buffers import release_scratch_memory as release_scratch_memory
 from entropy_probe.entropy.profile import LayerEntropy as LayerEntropy
 from entropy_probe.entropy.profile import Profile as Profile
 from entropy_probe.enums import ConvMethod as ConvMethod
@@ -38,4 +42,5 @@ __all__ = [
     "load_model",
     "profile",
     "profile_loaded",
+    "release_scratch_memory",
 ]

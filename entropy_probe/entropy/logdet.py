@@ -16,6 +16,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from entropy_probe.entropy._buffers import scratch
 from entropy_probe.enums import LogDetMethod
 from entropy_probe.errors import ShapeError
 
@@ -222,16 +223,22 @@ def _lower_gram_cholesky(wide: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     block diagonal, L ⊕ I₈, with G's own factor L as its leading block: the same value, in a
     third less time.
     """
-    k = wide.shape[-2]
-    pad = _PADDING if wide.device.type == "cpu" and k % _ALIASED_SIZES == 0 else 0
-    padded = _row_gram(wide, lower_only=True, pad=pad)
-    chol, info = torch.linalg.cholesky_ex(padded)
+    k, batch, dtype, device = wide.shape[-2], wide.shape[:-2], wide.dtype, wide.device
+    pad = _PADDING if device.type == "cpu" and k % _ALIASED_SIZES == 0 else 0
+    size = k + pad
+    gram = scratch("gram", (*batch, size, size), dtype, device)
+    _row_gram(wide, lower_only=True, pad=pad, out=gram)
+    # the factor in the column-major layout LAPACK writes, so out= takes it without a copy
+    factor = scratch("cholesky", (*batch, size, size), dtype, device).mT
+    info = torch.empty(batch, dtype=torch.int32, device=device)
+    torch.linalg.cholesky_ex(gram, out=(factor, info))
     if not pad:
-        return padded, chol, info
+        return gram, factor, info
     # the leading block, compacted once, column-major as LAPACK returned it: the verdict's
     # triangular solves would otherwise copy the strided view on every call
-    leading = chol[..., :k, :k].mT.contiguous().mT
-    return padded[..., :k, :k], leading, info
+    leading = scratch("leading factor", (*batch, k, k), dtype, device).mT
+    leading.copy_(factor[..., :k, :k])
+    return gram[..., :k, :k], leading, info
 
 
 class _Verdict(NamedTuple):
@@ -420,7 +427,9 @@ def _sigma_min_estimate(tri: Tensor, *, upper: bool) -> Tensor:
 _GRAM_BLOCK = 128  # rows per block row of the Gram product
 
 
-def _row_gram(rows: Tensor, *, lower_only: bool = False, pad: int = 0) -> Tensor:
+def _row_gram(
+    rows: Tensor, *, lower_only: bool = False, pad: int = 0, out: Tensor | None = None
+) -> Tensor:
     """rows·rowsᴴ for a batch ``(..., k, l)``, by block rows: block row i is one matmul of
     its 128 rows with the rows up to its own, so each off-diagonal block is computed once
     (torch has no SYRK) and written straight into a preallocated result. About 1.6× faster
@@ -429,10 +438,12 @@ def _row_gram(rows: Tensor, *, lower_only: bool = False, pad: int = 0) -> Tensor
 
     With ``lower_only`` the blocks above the diagonal blocks are left unwritten (garbage):
     for a Cholesky, which reads only the lower triangle. Not for autograd, whose gradient
-    needs every entry connected to ``rows``. ``pad`` > 0 returns G ⊕ I_pad, (k + pad)².
+    needs every entry connected to ``rows``. ``pad`` > 0 returns G ⊕ I_pad, (k + pad)²;
+    ``out``, of that shape, receives it.
     """
     k = rows.shape[-2]
-    out = rows.new_empty((*rows.shape[:-2], k + pad, k + pad))
+    if out is None:
+        out = rows.new_empty((*rows.shape[:-2], k + pad, k + pad))
     if pad:
         out[..., k:, :k] = 0
         out[..., :k, k:] = 0

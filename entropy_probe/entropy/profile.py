@@ -14,6 +14,7 @@ from torch import Tensor
 
 from entropy_probe._progress import progress_bar
 from entropy_probe.entropy import functional as F
+from entropy_probe.entropy._buffers import BufferPool, thread_pool
 from entropy_probe.entropy.rules import LayerRule, PaperTerms
 from entropy_probe.enums import ConvMethod, LayerKind, Status
 from entropy_probe.errors import EntropyProbeError, UnknownNameError, UnsupportedLayerError
@@ -203,17 +204,18 @@ def _evaluate_terms(items: Sequence[_Item], device: torch.device) -> dict[int, t
     chunks = [
         (dtype, chunk) for (m, n, dtype), group in by_shape.items() for chunk in _chunks(group)
     ]
-    workspace = _Workspace(device)
+    pool = thread_pool()
     for _, chunk in chunks:
-        workspace.reserve(_stack_shape(chunk), F.precise_dtype(chunk[0].mats))
-    for dtype, chunk in chunks:
-        keys = [piece.key for piece in chunk for _ in range(piece.mats.shape[0])]
-        batch = _stacked_precise(chunk, device, workspace)
-        volume = F.sum_log_and_sum_sq(batch, tolerance_dtype=dtype)
-        logs, sqs = volume.sum_log.cpu().tolist(), volume.sum_sq.cpu().tolist()
-        for key, log_value, sq in zip(keys, logs, sqs, strict=True):
-            out[key][0] += log_value
-            out[key][1] += sq
+        pool.reserve("batch", _stack_shape(chunk), F.precise_dtype(chunk[0].mats), device)
+    with pool.active():
+        for dtype, chunk in chunks:
+            keys = [piece.key for piece in chunk for _ in range(piece.mats.shape[0])]
+            batch = _stacked_precise(chunk, device, pool)
+            volume = F.sum_log_and_sum_sq(batch, tolerance_dtype=dtype)
+            logs, sqs = volume.sum_log.cpu().tolist(), volume.sum_sq.cpu().tolist()
+            for key, log_value, sq in zip(keys, logs, sqs, strict=True):
+                out[key][0] += log_value
+                out[key][1] += sq
     return {key: (vals[0], vals[1]) for key, vals in out.items()}
 
 
@@ -250,35 +252,10 @@ def _stack_shape(pieces: Sequence[_Piece]) -> tuple[int, ...]:
     return (sum(p.mats.shape[0] for p in pieces), *pieces[0].mats.shape[1:])
 
 
-class _Workspace:
-    """One buffer per dtype, sized once for the largest batch and reused by every batch.
-
-    Fresh large allocations are returned to the OS when freed and page-faulted in again on
-    the next one (measured: 13% of ViT-B's paper profile); reusing the faulted pages avoids
-    that. Only within one profile: nothing is kept afterwards."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.sizes: dict[torch.dtype, int] = defaultdict(int)
-        self.buffers: dict[torch.dtype, Tensor] = {}
-
-    def reserve(self, shape: Sequence[int], dtype: torch.dtype) -> None:
-        self.sizes[dtype] = max(self.sizes[dtype], math.prod(shape))
-
-    def take(self, shape: Sequence[int], dtype: torch.dtype) -> Tensor:
-        size = max(self.sizes[dtype], math.prod(shape))
-        buffer = self.buffers.get(dtype)
-        if buffer is None or buffer.numel() < size:
-            buffer = self.buffers[dtype] = torch.empty(size, dtype=dtype, device=self.device)
-        return buffer[: math.prod(shape)].view(*shape)
-
-
-def _stacked_precise(
-    pieces: Sequence[_Piece], device: torch.device, workspace: _Workspace
-) -> Tensor:
+def _stacked_precise(pieces: Sequence[_Piece], device: torch.device, pool: BufferPool) -> Tensor:
     """``pieces`` (batches of equal-shape matrices, any dtype, strided views allowed)
     concatenated as one contiguous float64 (complex128) batch on ``device``, in
-    ``workspace``: one copy per piece that converts dtype and layout at once (cat, then a
+    ``pool``: one copy per piece that converts dtype and layout at once (cat, then a
     conversion, was two passes), and the piece's BatchNorm factor multiplied in place (a fold
     written on its own, then copied here, was a third pass: 35 ms of ResNet-50's profile);
     none for a lone piece that already is one."""
@@ -291,7 +268,7 @@ def _stacked_precise(
         and first.device == device
     ):
         return first.contiguous()
-    out = workspace.take(_stack_shape(pieces), dtype)
+    out = pool.take("batch", _stack_shape(pieces), dtype, device)
     start = 0
     for piece in pieces:
         target = out[start : start + piece.mats.shape[0]]
@@ -408,7 +385,8 @@ def compute_profile(
     spectral_bar = progress_bar(
         with_weight, progress and method is not ConvMethod.PAPER, "spectral", "layer"
     )
-    with spectral_bar:  # closed (its line cleared) on an error or Ctrl-C too
+    # the bar is closed (its line cleared) on an error or Ctrl-C too
+    with spectral_bar, thread_pool().active():
         for index, p in pending.items():
             spectral = None
             effective = p.effective_weight() if method is not ConvMethod.PAPER else None
