@@ -48,7 +48,12 @@ class BufferPool:
         key = (name, dtype, torch.device(device))
         size = math.prod(shape)
         buffer = self._buffers.get(key)
-        if buffer is None or buffer.numel() < size:
+        # a block made under torch.inference_mode cannot be written outside it: a new one
+        if (
+            buffer is None
+            or buffer.numel() < size
+            or buffer.is_inference() != torch.is_inference_mode_enabled()
+        ):
             size_wanted = max(size, self._sizes.get(key, 0))
             buffer = self._buffers[key] = torch.empty(size_wanted, dtype=dtype, device=device)
         return buffer[:size].view(*shape)

@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 
 from entropy_probe.entropy._buffers import scratch
 from entropy_probe.enums import LogDetMethod
@@ -182,7 +183,7 @@ def _not_full_rank(count: int) -> ShapeError:
 
 def _gram_sum_log(wide: Tensor, method: LogDetMethod, tol: float) -> Tensor:
     """The Cholesky tier and what it hands on, for wide float64 matrices with no short line."""
-    differentiable = torch.is_grad_enabled() and wide.requires_grad
+    differentiable = _carries_gradients(wide)
     if differentiable:
         gram = _row_gram(wide)
         chol, info = torch.linalg.cholesky_ex(gram)
@@ -220,8 +221,8 @@ def _lower_gram_cholesky(wide: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     than that of a larger (k + 8)×(k + 8) one (leading dimensions of a power of two alias
     in cache; measured 512: 3.2 ms vs 2.2 ms, 1024: 13.8 vs 8.8, 2048: 83 vs 68; at 256 the
     gain does not pay for the copies). There the Gram is built into G ⊕ I₈, whose factor is
-    block diagonal, L ⊕ I₈, with G's own factor L as its leading block: the same value, in a
-    third less time.
+    block diagonal, L ⊕ I₈, with G's own factor L as its leading block: the same value, in
+    18–36% less time.
     """
     k, batch, dtype, device = wide.shape[-2], wide.shape[:-2], wide.dtype, wide.device
     pad = _PADDING if device.type == "cpu" and k % _ALIASED_SIZES == 0 else 0
@@ -239,6 +240,15 @@ def _lower_gram_cholesky(wide: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     leading = scratch("leading factor", (*batch, k, k), dtype, device).mT
     leading.copy_(factor[..., :k, :k])
     return gram[..., :k, :k], leading, info
+
+
+def _carries_gradients(t: Tensor) -> bool:
+    """Whether autograd tracks ``t``, in reverse mode or forward mode (a dual tensor, or inside
+    ``torch.func.jvp``): then no ``out=`` products and no scratch blocks, which it cannot
+    follow."""
+    if torch.is_grad_enabled() and t.requires_grad:
+        return True
+    return forward_ad.unpack_dual(t).tangent is not None  # type: ignore[no-untyped-call]
 
 
 class _Verdict(NamedTuple):
@@ -446,7 +456,8 @@ def _row_gram(
         out = rows.new_empty((*rows.shape[:-2], k + pad, k + pad))
     if pad:
         out[..., k:, :k] = 0
-        out[..., :k, k:] = 0
+        if not lower_only:
+            out[..., :k, k:] = 0
         out[..., k:, k:] = torch.eye(pad, dtype=out.dtype, device=out.device)
     for start in range(0, k, _GRAM_BLOCK):
         stop = min(start + _GRAM_BLOCK, k)

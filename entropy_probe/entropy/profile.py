@@ -17,7 +17,12 @@ from entropy_probe.entropy import functional as F
 from entropy_probe.entropy._buffers import BufferPool, thread_pool
 from entropy_probe.entropy.rules import LayerRule, PaperTerms
 from entropy_probe.enums import ConvMethod, LayerKind, Status
-from entropy_probe.errors import EntropyProbeError, UnknownNameError, UnsupportedLayerError
+from entropy_probe.errors import (
+    EntropyProbeError,
+    ShapeError,
+    UnknownNameError,
+    UnsupportedLayerError,
+)
 from entropy_probe.walk.records import LayerRecord, Shape
 
 PROFILE_SCHEMA = "entropy_probe.profile/1"
@@ -169,6 +174,26 @@ class _Pending:
         if self.weight is None or self.fold_scale is None:
             return self.weight
         return self.rule.fold(self.record, self.weight, self.fold_scale)
+
+
+def _per_matrix(factor: Tensor, terms: PaperTerms, record: LayerRecord) -> Tensor:
+    """A rule's fold factor with one entry per matrix along the batch dimension (a view), so
+    that it splits into batches with the matrices; any factor that broadcasts against them is
+    allowed, as in the eager ``fold_terms``."""
+    mats = terms.matrices
+    assert mats is not None  # fold_factor refuses terms without matrices
+    try:
+        broadcast = torch.broadcast_shapes(factor.shape, mats.shape)  # type: ignore[no-untyped-call]
+    except RuntimeError:
+        broadcast = None
+    if broadcast != mats.shape:
+        raise ShapeError(
+            f"the BatchNorm fold factor for layer {record.name!r} has shape "
+            f"{tuple(factor.shape)}, which does not broadcast against its matrices "
+            f"{tuple(mats.shape)}"
+        )
+    leading = factor.reshape((1,) * (mats.dim() - factor.dim()) + tuple(factor.shape))
+    return leading.expand(mats.shape[0], *leading.shape[1:])
 
 
 class _Item(NamedTuple):
@@ -349,7 +374,7 @@ def compute_profile(
             if scale is not None:  # fold the first-tap matrices only; the kernel lazily
                 raw_terms = terms
                 if type(rule).fold_terms is LayerRule.fold_terms:  # by fold_factor: deferred
-                    factor = rule.fold_factor(record, terms, scale)
+                    factor = _per_matrix(rule.fold_factor(record, terms, scale), terms, record)
                 else:
                     terms = rule.fold_terms(record, terms, scale)
         except EntropyProbeError as exc:

@@ -52,7 +52,7 @@ class _Output:
 class _FoldCandidate:
     """What deciding a fold needs once the pass is over; the output tensor itself is not
     kept (holding every layer's activation alive made the pass page-fault fresh memory for
-    each: 30% slower on ResNet-50)."""
+    each: 0.111 s against 0.091 s on ResNet-50)."""
 
     layer: str
     uses: list[int]

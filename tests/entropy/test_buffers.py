@@ -126,3 +126,19 @@ def test_a_batch_needing_gradients_takes_no_scratch() -> None:
     (grad,) = torch.autograd.grad(value, A)
     assert pool.nbytes() == 0
     torch.testing.assert_close(grad, torch.linalg.pinv(A.detach()).mT)
+
+
+def test_blocks_made_under_inference_mode_are_replaced_outside_it() -> None:
+    # an inference tensor cannot be written outside inference mode: a profile run under
+    # torch.inference_mode must not break the next one on the thread
+    A = torch.randn(3, 5, 9, dtype=F64)
+    expected = F.sum_log_singular_values(A, "svd")
+    pool = B.BufferPool()
+    with torch.inference_mode(), pool.active():
+        inside = F.sum_log_singular_values(A)
+    assert all(buffer.is_inference() for buffer in pool._buffers.values())
+    with pool.active():
+        outside = F.sum_log_singular_values(A)
+    assert not any(buffer.is_inference() for buffer in pool._buffers.values())
+    torch.testing.assert_close(inside, expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(outside, expected, rtol=1e-12, atol=0)

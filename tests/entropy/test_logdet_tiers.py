@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+from torch.autograd import forward_ad
 
 from entropy_probe.entropy import functional as F
 from entropy_probe.entropy import logdet as L
@@ -77,7 +78,7 @@ def test_lower_only_gram_has_the_full_lower_triangle(k: int) -> None:
 def test_power_of_two_grams_are_factored_padded_with_the_same_factor(
     k: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # MKL's Cholesky is slow for k a multiple of 256: G ⊕ I₈ is factored instead, and its
+    # MKL's Cholesky is slow for k a multiple of 512: G ⊕ I₈ is factored instead, and its
     # leading block is G's factor, handed on compact and column-major as LAPACK returns it.
     rows = randn(2, k, k + 40, seed=k)
     factored: list[int] = []
@@ -274,6 +275,23 @@ def test_a_short_row_is_deficient_before_any_gram(monkeypatch: pytest.MonkeyPatc
         F.sum_log_singular_values(torch.stack([zero_row, healthy, zero_row]), "cholesky")
     _forbid(monkeypatch, "_row_gram")
     assert bool(torch.isinf(F.sum_log_singular_values(zero_row[None])).all())
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+@pytest.mark.parametrize("k", [5, 512])
+def test_forward_mode_gradients_match_the_pseudo_inverse(k: int) -> None:
+    # d/dε Σ log σ(A + εT) = Σ <pinv(A)ᵀ, T>: through torch.func.jvp and dual tensors alike
+    # (forward AD cannot follow out= products or scratch blocks; they are not used for it)
+    A, T = randn(2, k, k + 3, seed=k), randn(2, k, k + 3, seed=k + 1)
+    A[1, 2] = 0.0  # a short row: −inf, no tangent needed there
+    want = (torch.linalg.pinv(A[0]).mT * T[0]).sum()
+    _, tangent = torch.func.jvp(F.sum_log_singular_values, (A,), (T,))
+    torch.testing.assert_close(tangent[0], want, rtol=1e-9, atol=1e-9)
+    with forward_ad.dual_level():
+        out = F.sum_log_singular_values(forward_ad.make_dual(A, T))
+        dual_tangent = forward_ad.unpack_dual(out).tangent
+    assert dual_tangent is not None
+    torch.testing.assert_close(dual_tangent[0], want, rtol=1e-9, atol=1e-9)
 
 
 def test_runs_of_a_mask() -> None:

@@ -22,7 +22,7 @@ from entropy_probe.entropy.profile import (
     compute_profile,
     resolve_device,
 )
-from entropy_probe.entropy.rules import LayerRule
+from entropy_probe.entropy.rules import ConvRule, LayerRule, PaperTerms
 from entropy_probe.enums import ConvMethod, Status
 from entropy_probe.errors import EntropyProbeError
 from entropy_probe.plugins import PluginRegistry, build_registry
@@ -532,3 +532,64 @@ def test_batchnorm_fold_applied_while_batching_equals_the_eager_fold(
             expected.spectral_shape,
         ), got.name
     assert all(math.isfinite(layer.delta_h or 0.0) for layer in deferred.layers)
+
+
+class _AllTapsConv1dRule(ConvRule):
+    """Every tap's matrix, (taps, out, in), with one fold factor broadcast over the taps."""
+
+    def __init__(self, factor_shape: tuple[int, ...] = (1, -1, 1)) -> None:
+        super().__init__("conv1d", 1)
+        self.factor_shape = factor_shape
+
+    def paper_terms(self, record: LayerRecord, weight: torch.Tensor) -> PaperTerms:
+        mats = weight.permute(2, 0, 1)
+        return PaperTerms(dims=mats.shape[0] * min(mats.shape[1:]), matrices=mats)
+
+    def fold_factor(
+        self, record: LayerRecord, terms: PaperTerms, scale: torch.Tensor
+    ) -> torch.Tensor:
+        return F.precise(scale).reshape(self.factor_shape)
+
+
+class _WithRule:
+    def __init__(self, registry: PluginRegistry, rule: LayerRule) -> None:
+        self.registry, self.rule = registry, rule
+
+    def get(self, kind: str) -> LayerRule:
+        return self.rule if kind == self.rule.kind else self.registry.rules.get(kind)
+
+
+@pytest.mark.parametrize("factor_shape", [(1, -1, 1), (-1, 1)])
+def test_a_fold_factor_broadcast_over_the_matrices_splits_with_them(
+    registry: PluginRegistry, monkeypatch: pytest.MonkeyPatch, factor_shape: tuple[int, ...]
+) -> None:
+    # A plugin's fold_factor may broadcast (one factor for every tap); the deferred fold
+    # spreads it over the matrices, also when one layer's matrices span several batches.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(8, 8, 5), nn.BatchNorm1d(8)).eval()
+    _randomise_bn(model[1], 4)  # type: ignore[arg-type]
+    records = walk_module(model, (8, 16), registry)
+    rule = _AllTapsConv1dRule(factor_shape)
+    conv = records[0]
+    scale = F.batchnorm_scale(*bn_params(model[1]))
+    eager = rule.fold_terms(conv, rule.paper_terms(conv, model[0].weight.detach()), scale)
+    assert eager.matrices is not None
+    expected = float(torch.log(torch.linalg.svdvals(eager.matrices)).sum())
+    options: dict[str, Any] = {"source": "x", "format": "torch", "input_shape": (8, 16)}
+    for batch_bytes in (256 * 2**20, 2 * 8 * 8 * 8):  # one batch; the 5 taps over 3 batches
+        monkeypatch.setattr("entropy_probe.entropy.profile._BATCH_BYTES", batch_bytes)
+        layer = compute_profile(records, _WithRule(registry, rule), **options).layers[0]
+        assert layer.delta_h_per_dim is not None
+        assert layer.delta_h_per_dim * 5 * 8 == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_fold_factor_that_does_not_fit_skips_the_layer_with_a_reason(
+    registry: PluginRegistry,
+) -> None:
+    model = nn.Sequential(nn.Conv1d(8, 8, 5), nn.BatchNorm1d(8)).eval()
+    records = walk_module(model, (8, 16), registry)
+    rule = _AllTapsConv1dRule((2, -1, 1))  # 2 × 4: neither 1 nor the 5 taps
+    options: dict[str, Any] = {"source": "x", "format": "torch", "input_shape": (8, 16)}
+    layer = compute_profile(records, _WithRule(registry, rule), **options).layers[0]
+    assert layer.status is Status.SKIPPED
+    assert "does not broadcast against its matrices (5, 8, 8)" in layer.reason
