@@ -89,6 +89,24 @@ def bench_model(
     return row
 
 
+def float64_matmul_gflops(device: str) -> float:
+    """This machine's float64 matmul throughput right now (a 1024×2048 by 2048×1024 product,
+    best of 5): the profile's Gram products run at up to this rate, so a shared machine's
+    current share of its cores shows here."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    a = torch.randn(1024, 2048, dtype=torch.float64, device=dev)
+    b = torch.randn(2048, 1024, dtype=torch.float64, device=dev)
+
+    def product() -> None:
+        a @ b
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    return 2 * 1024 * 2048 * 1024 / best_of(5, product) / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["resnet50", "vit_base_patch16_224"])
@@ -103,6 +121,7 @@ def main() -> None:
     )
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
+    gflops_at_start = float64_matmul_gflops(args.device)
     rows = [
         bench_model(
             name,
@@ -115,6 +134,8 @@ def main() -> None:
         for name in args.models
     ]
     meta = {
+        "float64_matmul_gflops_at_start": gflops_at_start,
+        "float64_matmul_gflops_at_end": float64_matmul_gflops(args.device),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
