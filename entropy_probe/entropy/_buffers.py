@@ -2,12 +2,14 @@
 
 Fresh large CPU allocations are mapped on allocation and unmapped on free by glibc, so every
 batch of a profile page-faulted its float64 matrices, Gram matrices and Cholesky factors in
-again: on the shared 2-core machine, 25,000 page faults and 0.10 s of ResNet-50's 0.47 s of
-paper-profile math. Each thread has a ``BufferPool`` that keeps one block per purpose, grown
-to the largest request; activated (``with pool.active():``), the log-volume routine takes its
-Gram matrices and factors from it. Between analyses a thread keeps at most
-``RETAINED_BYTES`` of CPU blocks (ResNet-50 needs about 100 MB) and nothing on a GPU, whose
-allocator caches by itself; :func:`release_scratch_memory` frees the calling thread's blocks.
+again: on the shared 2-core machine, 37,000 page faults per ResNet-50 paper profile; with the
+blocks kept, a repeated profile's math took 0.38 s and 13 faults instead of 0.47 s and 24,700
+(blocks reused only within one profile). Each thread has a ``BufferPool`` that keeps one
+block per purpose, grown to the largest request; activated (``with pool.active():``), the
+log-volume routine takes its Gram matrices and factors from it. Between analyses a thread
+keeps at most ``RETAINED_BYTES`` of CPU blocks (ResNet-50's paper profile: 96.5 MiB) and nothing on
+a GPU, whose allocator caches by itself; :func:`release_scratch_memory` frees the calling
+thread's blocks.
 """
 
 from __future__ import annotations

@@ -158,9 +158,10 @@ def _rescaled_if_extreme(wide: Tensor, line_sq: Tensor) -> tuple[Tensor, Tensor,
     if not bool(extreme.any()):
         return wide, line_sq, shift
     biggest = torch.zeros_like(peak)
-    flat = _real_pairs(wide.detach()).flatten(-3) if wide.is_complex() else wide.flatten(-2)
+    values = wide.detach()
+    flat = _real_pairs(values).flatten(-3) if values.is_complex() else values.flatten(-2)
     for member in extreme.nonzero():  # one pass each, no |A| copy: ~1/10 of abs().amax()
-        low_high = torch.aminmax(flat[tuple(member)].detach())
+        low_high = torch.aminmax(flat[tuple(member)])
         biggest[tuple(member)] = torch.maximum(-low_high.min, low_high.max)
     extreme &= torch.isfinite(biggest) & (biggest > 0)  # zero or non-finite: nothing to scale
     if not bool(extreme.any()):
@@ -228,7 +229,10 @@ def _lower_gram_cholesky(wide: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     pad = _PADDING if device.type == "cpu" and k % _ALIASED_SIZES == 0 else 0
     size = k + pad
     gram = scratch("gram", (*batch, size, size), dtype, device)
-    _row_gram(wide, lower_only=True, pad=pad, out=gram)
+    if pad:  # G ⊕ I: zeros below the identity block (the Cholesky reads only the lower part)
+        gram[..., k:, :k] = 0
+        gram[..., k:, k:] = torch.eye(pad, dtype=dtype, device=device)
+    _row_gram(wide, lower_only=True, out=gram[..., :k, :k])
     # the factor in the column-major layout LAPACK writes, so out= takes it without a copy
     factor = scratch("cholesky", (*batch, size, size), dtype, device).mT
     info = torch.empty(batch, dtype=torch.int32, device=device)
@@ -437,9 +441,7 @@ def _sigma_min_estimate(tri: Tensor, *, upper: bool) -> Tensor:
 _GRAM_BLOCK = 128  # rows per block row of the Gram product
 
 
-def _row_gram(
-    rows: Tensor, *, lower_only: bool = False, pad: int = 0, out: Tensor | None = None
-) -> Tensor:
+def _row_gram(rows: Tensor, *, lower_only: bool = False, out: Tensor | None = None) -> Tensor:
     """rows·rowsᴴ for a batch ``(..., k, l)``, by block rows: block row i is one matmul of
     its 128 rows with the rows up to its own, so each off-diagonal block is computed once
     (torch has no SYRK) and written straight into a preallocated result. About 1.6× faster
@@ -448,17 +450,11 @@ def _row_gram(
 
     With ``lower_only`` the blocks above the diagonal blocks are left unwritten (garbage):
     for a Cholesky, which reads only the lower triangle. Not for autograd, whose gradient
-    needs every entry connected to ``rows``. ``pad`` > 0 returns G ⊕ I_pad, (k + pad)²;
-    ``out``, of that shape, receives it.
+    needs every entry connected to ``rows``. ``out`` (k×k, strides free) receives it.
     """
     k = rows.shape[-2]
     if out is None:
-        out = rows.new_empty((*rows.shape[:-2], k + pad, k + pad))
-    if pad:
-        out[..., k:, :k] = 0
-        if not lower_only:
-            out[..., :k, k:] = 0
-        out[..., k:, k:] = torch.eye(pad, dtype=out.dtype, device=out.device)
+        out = rows.new_empty((*rows.shape[:-2], k, k))
     for start in range(0, k, _GRAM_BLOCK):
         stop = min(start + _GRAM_BLOCK, k)
         left, right = rows[..., start:stop, :], rows[..., :stop, :].mH

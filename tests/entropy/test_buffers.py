@@ -38,7 +38,7 @@ def test_a_reservation_sizes_the_first_block() -> None:
 
 def test_scratch_allocates_afresh_unless_a_pool_is_active() -> None:
     a, b = (B.scratch("gram", (4, 4), F64, CPU) for _ in range(2))
-    assert a.data_ptr() != b.data_ptr() or a.untyped_storage() is not b.untyped_storage()
+    assert a.data_ptr() != b.data_ptr()  # two live fresh tensors
     pool = B.BufferPool()
     with pool.active():
         c = B.scratch("gram", (4, 4), F64, CPU)
