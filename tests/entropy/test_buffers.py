@@ -83,7 +83,8 @@ def _resnet() -> LoadedModel:
 
 
 def _values(loaded: LoadedModel) -> list[tuple[float | None, ...]]:
-    profile = profile_loaded(loaded, method="paper")
+    # CPU: scratch blocks are kept for CPU work only (a CUDA machine's "auto" would pick CUDA)
+    profile = profile_loaded(loaded, method="paper", device="cpu")
     return [(layer.delta_h, layer.delta_h_raw, layer.spectral_shape) for layer in profile.layers]
 
 

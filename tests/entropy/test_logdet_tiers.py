@@ -277,7 +277,8 @@ def test_a_short_row_is_deficient_before_any_gram(monkeypatch: pytest.MonkeyPatc
     assert bool(torch.isinf(F.sum_log_singular_values(zero_row[None])).all())
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+# a FutureWarning or a DeprecationWarning, by torch version
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 @pytest.mark.parametrize("k", [5, 512])
 def test_forward_mode_gradients_match_the_pseudo_inverse(k: int) -> None:
     # d/dε Σ log σ(A + εT) = Σ <pinv(A)ᵀ, T>: through torch.func.jvp and dual tensors alike
@@ -461,7 +462,9 @@ def test_verdict_near_the_rank_threshold_is_the_svds(
     if factor < 1:
         assert got == -math.inf
     else:
-        assert got == pytest.approx(sum(map(math.log, sv)), abs=1e-8)
+        # the Cholesky's rounding: measured 2e-9 (MKL, torch 2.14) and 1.1e-8 (torch 2.11's
+        # LAPACK, on a CUDA machine) at factor 3; the first-order bound k·eps64·‖A‖²_F·Σσ⁻² is 2e-4
+        assert got == pytest.approx(sum(map(math.log, sv)), abs=1e-7)
     if factor >= 100:
         assert not svd_rows
 

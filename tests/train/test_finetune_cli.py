@@ -193,7 +193,10 @@ def test_onnx_in_onnx_out(tmp_path: Path):
         (("--task", "classify", "--data", "digits", "--device", "tpu"), "cpu or cuda"),
     ],
 )
-def test_user_mistakes_are_one_line_errors(tmp_path: Path, args: tuple[str, ...], message: str):
+def test_user_mistakes_are_one_line_errors(
+    tmp_path: Path, args: tuple[str, ...], message: str, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # --amp on a CUDA machine runs
     assert_clean_error(run(*args, "--out", str(tmp_path / "o"), "--epochs", "1"), message)
 
 

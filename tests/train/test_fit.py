@@ -206,9 +206,13 @@ def test_optimizers_and_schedules_resume_exactly(tmp_path: Path, optimizer: str,
 def test_fit_on_cuda_with_mixed_precision(tmp_path: Path, amp: str):
     data = digits_data()
     model = tiny_mlp()
-    config = replace(CONFIG, device="cuda", amp=amp, epochs=2)
+    # 4 epochs: the same run on CPU ends at 0.73-0.80 held-out accuracy over seeds 0-3 (2 epochs
+    # ended at 0.45-0.63, too close to any threshold); dropout draws differ between devices
+    config = replace(CONFIG, device="cuda", amp=amp, epochs=4)
     result = fit(model, "classify", data, config, out_dir=tmp_path)
-    assert result.final_metric is not None and result.final_metric > 0.5
+    losses = [record.train_loss for record in result.history]
+    assert losses == sorted(losses, reverse=True), losses
+    assert result.final_metric is not None and result.final_metric > 0.6
     assert next(model.parameters()).device.type == "cuda"
 
 
