@@ -218,6 +218,59 @@ def test_sketched_projection_is_orthonormal_and_seeded() -> None:
     assert torch.equal(dense.matrix, RandomProjection(90, 20, seed=4).matrix)
 
 
+def _blocked_sketch_matrix(proj: RandomProjection) -> torch.Tensor:
+    """The sketch S (groups × D) of a blocked projection, written out from its definition:
+    position j of the block-permuted vector holds coordinate order[j // L]·L + j % L and goes
+    to group j mod groups with weight weights[j]."""
+    assert proj.block_order is not None and proj.weights is not None and proj.matrix is not None
+    groups, block = proj.matrix.shape[0], proj.block
+    sketch = torch.zeros(groups, proj.dims, dtype=torch.float64)
+    for j in range(proj.dims):
+        coordinate = int(proj.block_order[j // block]) * block + j % block
+        sketch[j % groups, coordinate] = float(proj.weights[j])
+    return sketch
+
+
+@pytest.mark.parametrize(("dims", "block"), [(64 * 49, 64), (48 * 40, 128), (4096 + 48, 16)])
+def test_blocked_sketch_matches_its_matrix_and_is_orthonormal(dims: int, block: int) -> None:
+    # the CUDA default, forced on CPU: whole blocks of L = gcd(D, 256) coordinates permuted,
+    # group = position mod 64 (with and without a partial last round of groups)
+    proj = RandomProjection(dims, 8, seed=5, sketch_dims=64, blocked=True)
+    assert proj.block == block and proj.groups is None
+    sketch = _blocked_sketch_matrix(proj)
+    torch.testing.assert_close(sketch @ sketch.T, torch.eye(64, dtype=torch.float64))
+    assert sorted(proj.block_order.tolist()) == list(range(dims // block))
+    x = torch.randn(5, dims, generator=torch.Generator().manual_seed(1))
+    assert proj.matrix is not None
+    want = (x.double() @ sketch.T) @ proj.matrix.double()
+    torch.testing.assert_close(proj.raw(x).double(), want, rtol=1e-5, atol=1e-5)
+    q = proj(torch.eye(dims))
+    torch.testing.assert_close(q.T @ q, torch.eye(8, dtype=torch.float64), atol=1e-6, rtol=0)
+    again = RandomProjection(dims, 8, seed=5, sketch_dims=64, blocked=True)
+    assert torch.equal(again.raw(x), proj.raw(x))
+
+
+def test_blocked_sketch_only_where_blocks_are_long_enough() -> None:
+    # CPU default: coordinate by coordinate; L = gcd(1000, 256) = 8 < 16 and D < 2·groups
+    # (each group would not keep a coordinate) fall back to it when blocked is asked for
+    assert RandomProjection(64 * 49, 8, sketch_dims=64).block_order is None
+    assert RandomProjection(1000, 8, sketch_dims=64, blocked=True).block_order is None
+    assert RandomProjection(96, 8, sketch_dims=64, blocked=True).block_order is None
+    assert RandomProjection(128, 8, sketch_dims=64, blocked=True).block_order is not None
+
+
+def test_blocked_sketch_keeps_isotropic_entropy_and_exact_scaling() -> None:
+    gen = torch.Generator().manual_seed(12)
+    x = torch.randn(3000, 4096, generator=gen) * math.sqrt(3.0)
+    proj = RandomProjection(4096, 64, seed=0, sketch_dims=512, blocked=True)
+    assert proj.block == 256
+    z = proj(x)
+    exact = HALF_LOG_2PIE + 0.5 * math.log(3.0)
+    assert float(gaussian_entropy(z)) == pytest.approx(exact, abs=0.015)
+    delta = gaussian_entropy(proj(2.5 * x)) - gaussian_entropy(z)
+    assert float(delta) == pytest.approx(math.log(2.5), abs=1e-5)
+
+
 def test_sketched_projection_keeps_isotropic_entropy_and_exact_scaling() -> None:
     gen = torch.Generator().manual_seed(12)
     x = torch.randn(3000, 5000, generator=gen) * math.sqrt(3.0)
@@ -277,3 +330,12 @@ def test_estimators_on_cuda_match_cpu() -> None:
         torch.testing.assert_close(
             q.T @ q, torch.eye(64, dtype=torch.float64, device="cuda"), atol=1e-5, rtol=0
         )
+    # on CUDA a D with gcd(D, 256) ≥ 16 gets the blocked sketch by default: same frame as the
+    # blocked sketch drawn on CPU would give for the CUDA-drawn permutation
+    proj = RandomProjection(4096 + 48, 8, device="cuda", sketch_dims=64)
+    assert proj.block == 16 and proj.block_order is not None
+    x = torch.randn(5, 4096 + 48, generator=torch.Generator().manual_seed(1))
+    cpu_copy = RandomProjection(4096 + 48, 8, sketch_dims=64, blocked=True)
+    for name in ("block_order", "weights", "matrix", "whiten"):
+        setattr(cpu_copy, name, getattr(proj, name).cpu())
+    torch.testing.assert_close(proj.raw(x.cuda()).cpu(), cpu_copy.raw(x), rtol=1e-5, atol=1e-5)
