@@ -79,6 +79,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from entropy_probe.empirical import _sketch_kernel
 from entropy_probe.errors import DuplicateNameError, EntropyProbeError, unknown_name
 
 __all__ = [
@@ -219,23 +220,28 @@ class RandomProjection:
         held = (self.matrix, self.groups, self.weights, self.block_order)
         return sum(t.numel() * t.element_size() for t in held if t is not None)
 
-    def raw(self, x: Tensor) -> Tensor:
-        """(B, D) → (B, d) float32 before the final whitening (x itself when d = D)."""
+    def raw(self, x: Tensor, out: Tensor | None = None) -> Tensor:
+        """(B, D) → (B, d) float32 before the final whitening (x itself when d = D), written
+        into ``out`` (B, d) float32 when given."""
         if x.dim() != 2 or x.shape[1] != self.dims:
             raise EntropyProbeError(f"expected (B, {self.dims}) features, got {tuple(x.shape)}")
         if self.matrix is None:
-            return x
+            return x if out is None else out.copy_(x)
         x = x.to(torch.float32)
         if self.block_order is not None and self.weights is not None:
             x = self._blocked_sketch(x)
         elif self.groups is not None and self.weights is not None:
             sketch = x.new_zeros((x.shape[0], self.matrix.shape[0]))
             x = sketch.index_add_(1, self.groups, x * self.weights)
-        return x @ self.matrix
+        return torch.matmul(x, self.matrix, out=out)
 
     def _blocked_sketch(self, x: Tensor) -> Tensor:
         assert self.block_order is not None and self.weights is not None and self.matrix is not None
         batch, dims, inner = x.shape[0], self.dims, self.matrix.shape[0]
+        if _sketch_kernel.available(x, inner, self.block):  # CUDA: one pass instead of three
+            return _sketch_kernel.blocked_sketch(
+                x, self.block_order, self.weights, inner, self.block
+            )
         blocks = x.contiguous().view(batch, dims // self.block, self.block)
         y = blocks.index_select(1, self.block_order).view(batch, dims).mul_(self.weights)
         full, tail = divmod(dims, inner)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from entropy_probe.empirical import _sketch_kernel
 from entropy_probe.empirical.estimators import (
     RandomProjection,
     entropy_per_dim,
@@ -250,6 +255,40 @@ def test_blocked_sketch_matches_its_matrix_and_is_orthonormal(dims: int, block: 
     assert torch.equal(again.raw(x), proj.raw(x))
 
 
+_INTERPRETED_KERNEL = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+from empirical.test_estimators import _blocked_sketch_matrix
+from entropy_probe.empirical import _sketch_kernel
+from entropy_probe.empirical.estimators import RandomProjection
+for dims, groups in ((64 * 49, 64), (4096 + 48, 64), (256 * 30, 512)):
+    proj = RandomProjection(dims, 8, seed=5, sketch_dims=groups, blocked=True)
+    x = torch.randn(3, dims, generator=torch.Generator().manual_seed(2))
+    assert _sketch_kernel.available(x, groups, proj.block)
+    got = proj._blocked_sketch(x)
+    want = x.double() @ _blocked_sketch_matrix(proj).T
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+print("ok")
+"""
+
+
+def test_triton_sketch_kernel_matches_the_sketch_matrix() -> None:
+    # the CUDA kernel, run by Triton's interpreter on CPU tensors (full rounds, a partial last
+    # round, several tiles); on a GPU test_estimators_on_cuda_match_cpu runs it compiled
+    pytest.importorskip("triton")
+    tests = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", _INTERPRETED_KERNEL.format(tests=tests)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
 def test_blocked_sketch_only_where_blocks_are_long_enough() -> None:
     # CPU default: coordinate by coordinate; L = gcd(1000, 256) = 8 < 16 and D < 2·groups
     # (each group would not keep a coordinate) fall back to it when blocked is asked for
@@ -339,3 +378,11 @@ def test_estimators_on_cuda_match_cpu() -> None:
     for name in ("block_order", "weights", "matrix", "whiten"):
         setattr(cpu_copy, name, getattr(proj, name).cpu())
     torch.testing.assert_close(proj.raw(x.cuda()).cpu(), cpu_copy.raw(x), rtol=1e-5, atol=1e-5)
+    # resnet50's stem activation: the Triton kernel on CUDA against the torch ops on CPU
+    wide = RandomProjection(64 * 112 * 112, 128, device="cuda")
+    assert wide.block == 256 and _sketch_kernel.available(x.cuda(), 16384, 256)
+    x = torch.randn(4, 64 * 112 * 112, generator=torch.Generator().manual_seed(3))
+    cpu_copy = RandomProjection(64 * 112 * 112, 128, sketch_dims=16384, blocked=True)
+    for name in ("block_order", "weights", "matrix", "whiten"):
+        setattr(cpu_copy, name, getattr(wide, name).cpu())
+    torch.testing.assert_close(wide.raw(x.cuda()).cpu(), cpu_copy.raw(x), rtol=1e-4, atol=1e-3)
