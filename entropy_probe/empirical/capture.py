@@ -185,16 +185,20 @@ class _Store:
             self.projections[dims] = RandomProjection(dims, d, seed=self.seed, device=self.device)
         return self.projections[dims]
 
-    def _project(self, t: Tensor, proj: RandomProjection) -> Tensor:
+    def _project_into(self, t: Tensor, proj: RandomProjection, dest: Tensor) -> None:
+        """Write ``t``'s projected rows into ``dest``, or copy them from where this batch
+        already projected the same tensor (unchanged since: same version)."""
         key = id(t)
         version = t._version
         hit = self._batch_cache.get(key)
         if hit is not None and hit[0]() is t and hit[1] == version:
-            return hit[2]
-        flat = t.detach().reshape(t.shape[0], -1).to(self.device)
-        z = proj.raw(flat).to(torch.float32)
-        self._batch_cache[key] = (weakref.ref(t), version, z)
-        return z
+            dest.copy_(hit[2])
+            return
+        flat = t.detach().reshape(t.shape[0], -1)
+        if flat.device != self.device:
+            flat = flat.to(self.device)
+        proj.raw(flat, out=dest)
+        self._batch_cache[key] = (weakref.ref(t), version, dest)
 
     def record(self, key: Any, t: Any) -> None:
         """Project tensor ``t`` (batch first) into slot ``key`` for the current batch."""
@@ -223,7 +227,7 @@ class _Store:
             slot.buffer = torch.empty(
                 (self.samples, proj.d), dtype=torch.float32, device=self.device
             )
-        slot.buffer[self.start : self.start + self.batch] = self._project(t, proj)
+        self._project_into(t, proj, slot.buffer[self.start : self.start + self.batch])
         slot.filled += self.batch
 
 
