@@ -108,12 +108,17 @@ class _ReplayGradient(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        grads: tuple[Tensor, ...] = ctx.grads
         if grad_out.device.type == "cpu" and float(grad_out) == 1.0:
             # No copy: autograd accumulates into .grad (it never adopts a tensor still
             # referenced here), and on CPU the extra pass over the weights costs ~10% of an
             # MLP step. On CUDA the check would synchronise; multiplying is cheaper there.
-            return (None, None, *ctx.grads)
-        return (None, None, *(g * grad_out.to(g.dtype) for g in ctx.grads))
+            return (None, None, *grads)
+        if len({(g.dtype, g.device) for g in grads}) == 1:
+            # one multi-tensor launch: per-tensor products cost 6 of a 24 ms resnet50 step on an
+            # H100 (161 gradients)
+            return (None, None, *torch._foreach_mul(list(grads), grad_out.to(grads[0].dtype)))
+        return (None, None, *(g * grad_out.to(g.dtype) for g in grads))
 
 
 @runtime_checkable

@@ -371,10 +371,26 @@ def test_every_k_reuse_replays_the_last_gradient_between_evaluations() -> None:
         torch.testing.assert_close(a, b)
     scaled = reuse(model, 5)["dense"] * 3.0  # the incoming gradient (e.g. a loss scale) applies
     model.zero_grad(set_to_none=True)
-    scaled.backward()
-    first_param = next(model.parameters())
-    assert first_param.grad is not None
-    torch.testing.assert_close(first_param.grad, 3.0 * fresh[0])
+    scaled.backward()  # one multi-tensor product for all the stored gradients
+    for param, want in zip(model.parameters(), fresh, strict=True):
+        torch.testing.assert_close(
+            param.grad if param.grad is not None else torch.zeros_like(param), 3.0 * want
+        )
+
+
+def test_replayed_gradients_of_mixed_dtypes_are_each_scaled() -> None:
+    from entropy_probe.train.losses import _ReplayGradient
+
+    params = [
+        torch.zeros(3, requires_grad=True),
+        torch.zeros(2, dtype=torch.float64, requires_grad=True),
+    ]
+    grads = (torch.tensor([1.0, 2.0, 3.0]), torch.tensor([4.0, 5.0], dtype=torch.float64))
+    value = _ReplayGradient.apply(torch.tensor(0.5), grads, *params)
+    (value * 2.0).backward()
+    for param, grad in zip(params, grads, strict=True):
+        assert param.grad is not None and param.grad.dtype == param.dtype
+        torch.testing.assert_close(param.grad, 2.0 * grad)
 
 
 def test_spectral_shape_loss_is_unchanged_by_rescaling_a_layer() -> None:
