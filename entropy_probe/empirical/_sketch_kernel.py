@@ -75,7 +75,8 @@ def blocked_sketch(x: Tensor, order: Tensor, weights: Tensor, groups: int, block
     """(B, D) → (B, groups) float32: Σ over the positions j ≡ g (mod groups) of the
     block-permuted, signed and weighted coordinates (see the module docstring)."""
     batch, dims = x.shape
-    x = x.contiguous()
+    if not x.is_contiguous():
+        x = x.contiguous()
     out = torch.empty((batch, groups), dtype=torch.float32, device=x.device)
     rounds = -(-dims // groups)
     _kernel()[(batch, groups // block)](x, order, weights, out, dims, groups, rounds, BLOCK=block)

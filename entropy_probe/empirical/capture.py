@@ -45,6 +45,7 @@ from entropy_probe.empirical.estimators import (
     RandomProjection,
     estimate_many,
     get_estimator,
+    prepare_whitening,
     projection_dims,
 )
 from entropy_probe.enums import Status
@@ -194,7 +195,7 @@ class _Store:
         if hit is not None and hit[0]() is t and hit[1] == version:
             dest.copy_(hit[2])
             return
-        flat = t.detach().reshape(t.shape[0], -1)
+        flat = (t.detach() if t.requires_grad else t).reshape(t.shape[0], -1)
         if flat.device != self.device:
             flat = flat.to(self.device)
         proj.raw(flat, out=dest)
@@ -323,6 +324,7 @@ def _estimate(
             values[key] = None
         else:
             ready.append(key)
+    prepare_whitening(store.projections.values())  # one batched eigh, after the last batch
     finished = []
     for key in ready:
         slot = store.slots[key]

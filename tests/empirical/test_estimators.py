@@ -22,6 +22,7 @@ from entropy_probe.empirical.estimators import (
     get_estimator,
     knn_entropy,
     ledoit_wolf,
+    prepare_whitening,
     projection_dims,
     wishart_bias,
 )
@@ -289,6 +290,23 @@ def test_triton_sketch_kernel_matches_the_sketch_matrix() -> None:
         check=False,
     )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+def test_whitening_is_drawn_lazily_and_batched_alike() -> None:
+    # drawing a projection computes no eigh (on CUDA each one synchronised the device in the
+    # middle of a capture); prepare_whitening computes many at once, bit-identical to one by one
+    specs = [(3000, 16, 0), (5000, 16, 1), (800, 24, 2), (40, 40, 3)]  # the last: identity
+    batched = [RandomProjection(dims, d, seed=seed, sketch_dims=512) for dims, d, seed in specs]
+    single = [RandomProjection(dims, d, seed=seed, sketch_dims=512) for dims, d, seed in specs]
+    assert all(proj._whiten is None for proj in batched)
+    prepare_whitening(batched)
+    for a, b in zip(batched, single, strict=True):
+        assert (a._whiten is None) == (a.matrix is None)
+        if a.matrix is not None:
+            assert torch.equal(a._whiten, b.whiten)  # b: computed on first use, alone
+    proj = batched[0]
+    q = proj(torch.eye(3000))
+    torch.testing.assert_close(q.T @ q, torch.eye(16, dtype=torch.float64), atol=1e-6, rtol=0)
 
 
 def test_blocked_sketch_only_where_blocks_are_long_enough() -> None:
