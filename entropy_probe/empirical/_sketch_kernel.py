@@ -13,6 +13,7 @@ tensors for tests. ``available()`` says whether the kernel can be used here.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from typing import Any
@@ -79,5 +80,9 @@ def blocked_sketch(x: Tensor, order: Tensor, weights: Tensor, groups: int, block
         x = x.contiguous()
     out = torch.empty((batch, groups), dtype=torch.float32, device=x.device)
     rounds = -(-dims // groups)
-    _kernel()[(batch, groups // block)](x, order, weights, out, dims, groups, rounds, BLOCK=block)
+    # Triton launches on the current CUDA device: make it x's (a capture on cuda:1, say)
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        _kernel()[(batch, groups // block)](
+            x, order, weights, out, dims, groups, rounds, BLOCK=block
+        )
     return out

@@ -198,8 +198,17 @@ class _Store:
         flat = (t.detach() if t.requires_grad else t).reshape(t.shape[0], -1)
         if flat.device != self.device:
             flat = flat.to(self.device)
-        proj.raw(flat, out=dest)
+        if dest.is_cuda:
+            proj.raw(flat, out=dest)  # a copy less (CUDA values already differ from the CPU's)
+        else:
+            # MKL's sgemm rounds by the output's alignment: a row slice of the buffer would
+            # change the CPU's values in the last bits
+            dest.copy_(proj.raw(flat))
         self._batch_cache[key] = (weakref.ref(t), version, dest)
+
+    def end_batches(self) -> None:
+        """After the last batch: drop the cache, whose views would keep slot buffers alive."""
+        self._batch_cache.clear()
 
     def record(self, key: Any, t: Any) -> None:
         """Project tensor ``t`` (batch first) into slot ``key`` for the current batch."""
@@ -324,7 +333,8 @@ def _estimate(
             values[key] = None
         else:
             ready.append(key)
-    prepare_whitening(store.projections.values())  # one batched eigh, after the last batch
+    store.end_batches()
+    prepare_whitening(store.projections.values())  # no device synchronisation mid-capture
     finished = []
     for key in ready:
         slot = store.slots[key]

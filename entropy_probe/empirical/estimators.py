@@ -271,21 +271,20 @@ class RandomProjection:
 
 
 def prepare_whitening(projections: Iterable[RandomProjection]) -> None:
-    """Compute the whitening of every projection that lacks it, with one batched eigh on the
-    CPU per size d. On CUDA, one eigh per projection as it was drawn synchronised the device
-    each time, in the middle of a capture's first batch (19 times for resnet50), and cuSOLVER
-    took 1.9 ms per 128×128 matrix. The values are those of a separate eigh of each matrix."""
-    pending: dict[int, list[RandomProjection]] = {}
-    for proj in projections:
-        if proj.matrix is not None and proj._whiten is None:
-            pending.setdefault(proj.d, []).append(proj)
+    """Compute the whitening of every projection that lacks it, each by its own float64 eigh
+    on the CPU. A capture calls this after its last batch: on CUDA, an eigh per projection as
+    it was drawn synchronised the device in the middle of the first batch (19 times for
+    resnet50), and cuSOLVER took 1.9 ms per 128×128 matrix. One eigh per matrix, not a batched
+    one: MKL's results depend on the matrix's alignment in memory, and a stacked batch would
+    change them in the last bits."""
     tiny = torch.finfo(torch.float64).tiny
-    for group in pending.values():
-        grams = [(p.matrix.T @ p.matrix).to(torch.float64) for p in group if p.matrix is not None]
-        evals, evecs = torch.linalg.eigh(torch.stack([g.cpu() for g in grams]))
-        for proj, values, vectors in zip(group, evals, evecs, strict=True):
-            whiten = (vectors * values.clamp_min(tiny).rsqrt()) @ vectors.T
-            proj._whiten = whiten.to(proj.device)
+    for proj in projections:
+        if proj.matrix is None or proj._whiten is not None:
+            continue
+        gram = (proj.matrix.T @ proj.matrix).to(torch.float64).cpu()
+        evals, evecs = torch.linalg.eigh(gram)
+        whiten = (evecs * evals.clamp_min(tiny).rsqrt()) @ evecs.T
+        proj._whiten = whiten.to(proj.device)
 
 
 # --------------------------------------------------------------------------------------------

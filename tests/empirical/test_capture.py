@@ -128,6 +128,52 @@ def test_model_left_as_it_was_and_no_activations_kept() -> None:
     assert meta["projection_bytes"] <= 4 * d * (3 * 32 * 32 + full)
 
 
+def test_projected_buffers_are_freed_before_estimation(monkeypatch: pytest.MonkeyPatch) -> None:
+    # each slot's float32 rows are dropped once whitened: nothing (e.g. the per-batch cache of
+    # projected tensors, which holds views of them) may keep them alive during estimation
+    from entropy_probe.empirical import capture
+    from entropy_probe.empirical.estimators import RandomProjection
+
+    refs: list[weakref.ref[torch.Tensor]] = []
+    alive: list[int] = []
+    finish, estimate_many = RandomProjection.finish, capture.estimate_many
+
+    def spy_finish(self: RandomProjection, z: torch.Tensor) -> torch.Tensor:
+        refs.append(weakref.ref(z))
+        return finish(self, z)
+
+    def spy_estimate(*args: object, **kwargs: object) -> list[float]:
+        gc.collect()
+        alive.append(sum(ref() is not None for ref in refs))
+        return estimate_many(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(RandomProjection, "finish", spy_finish)
+    monkeypatch.setattr(capture, "estimate_many", spy_estimate)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(512, 512), nn.Tanh(), nn.Linear(512, 512), nn.Tanh())
+    loaded = LoadedModel(source="t", format="torch", module=model, input_shape=(512,))
+    profile_loaded_(loaded, data=torch.randn(600, 512), batch_size=100, progress=False)
+    assert refs and alive == [0]
+
+
+def test_stored_rows_are_the_projection_of_each_batch_bit_for_bit() -> None:
+    # on CPU the rows are computed as proj.raw returns them, then copied: writing the product
+    # into a row slice of the buffer (matmul out=) made MKL round by the slice's alignment
+    from entropy_probe.empirical.capture import _Store
+
+    for batch in (1, 2, 3):
+        store = _Store(samples=72, max_dims=35, seed=0, device=torch.device("cpu"))
+        data = torch.randn(72, 3000, generator=torch.Generator().manual_seed(batch))
+        for start in range(0, 72, batch):
+            store.begin_batch(start, batch, first=start == 0)
+            store.record("x", data[start : start + batch])
+        slot = store.slots["x"]
+        assert slot.proj is not None and slot.proj.d == 35 and slot.buffer is not None
+        for start in range(0, 72, batch):
+            want = slot.proj.raw(data[start : start + batch])
+            assert torch.equal(slot.buffer[start : start + batch], want)
+
+
 def test_shared_module_rows_per_call() -> None:
     class TwoCalls(nn.Module):
         def __init__(self) -> None:
