@@ -189,13 +189,11 @@ class RandomProjection:
                 self._draw_blocked_sketch(dims, inner, block, gen)
             else:
                 perm = torch.randperm(dims, generator=gen, device=self.device)
-                groups = perm % inner
-                sizes = dims // inner + (groups < dims % inner).to(torch.float32)
-                signs = torch.randint(0, 2, (dims,), generator=gen, device=self.device) * 2 - 1
-                self.groups = groups  # int64: index_add_ with int32 indices is 6× slower on CPU
-                self.weights = signs / sizes.sqrt()
-        frame = torch.randn((inner, d), generator=gen, device=self.device, dtype=torch.float32)
-        self.matrix = frame
+                self.groups = perm % inner  # int64: index_add_ with int32 is 6× slower on CPU
+                self.weights = _signed_weights(self.groups, inner, gen)
+        self.matrix = torch.randn(
+            (inner, d), generator=gen, device=self.device, dtype=torch.float32
+        )
 
     @property
     def whiten(self) -> Tensor | None:
@@ -215,10 +213,7 @@ class RandomProjection:
         stored in that order (see the class docstring)."""
         self.block = block
         self.block_order = torch.randperm(dims // block, generator=gen, device=self.device)
-        signs = torch.randint(0, 2, (dims,), generator=gen, device=self.device) * 2 - 1
-        group = torch.arange(dims, device=self.device) % inner
-        sizes = dims // inner + (group < dims % inner).to(torch.float32)
-        self.weights = signs / sizes.sqrt()
+        self.weights = _signed_weights(torch.arange(dims, device=self.device) % inner, inner, gen)
 
     @property
     def is_identity(self) -> bool:
@@ -268,6 +263,15 @@ class RandomProjection:
 
     def __call__(self, x: Tensor) -> Tensor:
         return self.finish(self.raw(x))
+
+
+def _signed_weights(groups: Tensor, inner: int, gen: torch.Generator) -> Tensor:
+    """A seeded sign per input position over sqrt(its group's size): unit-norm sketch rows.
+    ``groups`` (D,) holds each position's group in [0, inner); D ≥ inner."""
+    dims = groups.shape[0]
+    signs = torch.randint(0, 2, (dims,), generator=gen, device=groups.device) * 2 - 1
+    sizes = dims // inner + (groups < dims % inner).to(torch.float32)
+    return signs / sizes.sqrt()
 
 
 def prepare_whitening(projections: Iterable[RandomProjection]) -> None:

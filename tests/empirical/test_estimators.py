@@ -319,22 +319,15 @@ def test_blocked_sketch_only_where_blocks_are_long_enough() -> None:
     assert RandomProjection(128, 8, sketch_dims=64, blocked=True).block_order is not None
 
 
-def test_blocked_sketch_keeps_isotropic_entropy_and_exact_scaling() -> None:
+@pytest.mark.parametrize(("dims", "blocked"), [(5000, None), (4096, True)])
+def test_sketched_projection_keeps_isotropic_entropy_and_exact_scaling(
+    dims: int, blocked: bool | None
+) -> None:
+    # the coordinate-by-coordinate sketch (CPU default), then the blocked one (CUDA default)
     gen = torch.Generator().manual_seed(12)
-    x = torch.randn(3000, 4096, generator=gen) * math.sqrt(3.0)
-    proj = RandomProjection(4096, 64, seed=0, sketch_dims=512, blocked=True)
-    assert proj.block == 256
-    z = proj(x)
-    exact = HALF_LOG_2PIE + 0.5 * math.log(3.0)
-    assert float(gaussian_entropy(z)) == pytest.approx(exact, abs=0.015)
-    delta = gaussian_entropy(proj(2.5 * x)) - gaussian_entropy(z)
-    assert float(delta) == pytest.approx(math.log(2.5), abs=1e-5)
-
-
-def test_sketched_projection_keeps_isotropic_entropy_and_exact_scaling() -> None:
-    gen = torch.Generator().manual_seed(12)
-    x = torch.randn(3000, 5000, generator=gen) * math.sqrt(3.0)
-    proj = RandomProjection(5000, 64, seed=0, sketch_dims=512)
+    x = torch.randn(3000, dims, generator=gen) * math.sqrt(3.0)
+    proj = RandomProjection(dims, 64, seed=0, sketch_dims=512, blocked=blocked)
+    assert (proj.groups is not None, proj.block) == ((False, 256) if blocked else (True, 0))
     z = proj(x)
     exact = HALF_LOG_2PIE + 0.5 * math.log(3.0)
     assert float(gaussian_entropy(z)) == pytest.approx(exact, abs=0.015)
@@ -395,15 +388,20 @@ def test_estimators_on_cuda_match_cpu() -> None:
     proj = RandomProjection(4096 + 48, 8, device="cuda", sketch_dims=64)
     assert proj.block == 16 and proj.block_order is not None
     x = torch.randn(5, 4096 + 48, generator=torch.Generator().manual_seed(1))
-    cpu_copy = RandomProjection(4096 + 48, 8, sketch_dims=64, blocked=True)
-    for name in ("block_order", "weights", "matrix", "whiten"):
-        setattr(cpu_copy, name, getattr(proj, name).cpu())
+    cpu_copy = _on_cpu(proj, sketch_dims=64)
     torch.testing.assert_close(proj.raw(x.cuda()).cpu(), cpu_copy.raw(x), rtol=1e-5, atol=1e-5)
     # resnet50's stem activation: the Triton kernel on CUDA against the torch ops on CPU
     wide = RandomProjection(64 * 112 * 112, 128, device="cuda")
     assert wide.block == 256 and _sketch_kernel.available(x.cuda(), 16384, 256)
     x = torch.randn(4, 64 * 112 * 112, generator=torch.Generator().manual_seed(3))
-    cpu_copy = RandomProjection(64 * 112 * 112, 128, sketch_dims=16384, blocked=True)
-    for name in ("block_order", "weights", "matrix", "whiten"):
-        setattr(cpu_copy, name, getattr(wide, name).cpu())
+    cpu_copy = _on_cpu(wide, sketch_dims=16384)
     torch.testing.assert_close(wide.raw(x.cuda()).cpu(), cpu_copy.raw(x), rtol=1e-4, atol=1e-3)
+
+
+def _on_cpu(proj: RandomProjection, sketch_dims: int) -> RandomProjection:
+    """A CPU projection with ``proj``'s (CUDA-drawn) blocked sketch, frame and whitening: it
+    applies the sketch with torch ops where ``proj`` uses the Triton kernel."""
+    copy = RandomProjection(proj.dims, proj.d, sketch_dims=sketch_dims, blocked=True)
+    for name in ("block_order", "weights", "matrix", "whiten"):
+        setattr(copy, name, getattr(proj, name).cpu())
+    return copy
